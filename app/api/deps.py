@@ -1,0 +1,24 @@
+"""Typed dependencies: routes reach the service and settings through these, not globals."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.core.config import Settings
+from app.services.polling_service import PollingService
+
+
+def get_service(request: Request) -> PollingService:
+    service: PollingService = request.app.state.service
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ServiceDep = Annotated[PollingService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

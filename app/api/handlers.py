@@ -1,0 +1,113 @@
+"""The vote and results logic of the HTTP API, free of any framework.
+
+The documented FastAPI routes and the fast ASGI path both call these functions, so the two
+answer every request with the same status, body and headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app.api.validation import (
+    MAX_VOTE_BODY,
+    InvalidInput,
+    check_poll_id,
+    error,
+    id_error,
+    parse_vote_body,
+)
+from app.services.errors import TooManyOptions, VoteRejected
+from app.services.polling_service import PollingService
+
+Headers = list[tuple[bytes, bytes]]
+Reply = tuple[int, bytes, Headers]
+Receive = Any
+
+encode = msgspec.json.encode
+VOTE_ACCEPTED = encode({"status": "success", "message": "Vote accepted"})
+
+
+def json_reply(status: int, payload: object, headers: Headers | None = None) -> Reply:
+    return status, encode(payload), headers or []
+
+
+def invalid_reply(errors: list[dict[str, Any]]) -> Reply:
+    return json_reply(422, {"detail": errors})
+
+
+def too_large_reply(limit: int) -> Reply:
+    return json_reply(413, {"detail": f"request body must be at most {limit} bytes"})
+
+
+def rejected_reply(exc: VoteRejected) -> Reply:
+    if isinstance(exc, TooManyOptions):
+        return invalid_reply([error(["body", "option_id"], exc.message, "too_many_options")])
+    headers = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
+    return json_reply(exc.status, {"detail": exc.message}, headers)
+
+
+async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes | None:
+    """The request body, or None once it is known to be longer than `limit` bytes."""
+    if content_length is not None:
+        try:
+            if int(content_length) > limit:
+                return None
+        except ValueError:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # client went away; the caller answers into the void
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def vote(service: PollingService, poll_id: str, body: bytes | None) -> Reply:
+    if body is None:
+        return too_large_reply(MAX_VOTE_BODY)
+    problems = []
+    poll_problem = id_error(["path", "poll_id"], poll_id)
+    if poll_problem:
+        problems.append(poll_problem)
+    option_id = ""
+    try:
+        option_id = parse_vote_body(body)
+    except InvalidInput as exc:
+        problems += exc.errors
+    if problems:
+        return invalid_reply(problems)
+    try:
+        if service.write_through:
+            await service.vote_write_through(poll_id, option_id)
+        else:
+            service.vote(poll_id, option_id)
+    except VoteRejected as exc:
+        return rejected_reply(exc)
+    return 200, VOTE_ACCEPTED, []
+
+
+async def results(service: PollingService, poll_id: str) -> Reply:
+    try:
+        check_poll_id(poll_id)
+        found = await service.results(poll_id)
+    except InvalidInput as exc:
+        return invalid_reply(exc.errors)
+    except VoteRejected as exc:
+        return rejected_reply(exc)
+    payload: dict[str, object] = {
+        "poll_id": found.poll_id,
+        "results": found.results,
+        "served_via": found.served_via,
+    }
+    if found.stale:
+        payload["stale"] = True
+    return json_reply(200, payload)

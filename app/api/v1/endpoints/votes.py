@@ -1,0 +1,90 @@
+"""POST /vote/{poll_id} and the bulk POST /votes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+
+from app.api import bulk, handlers
+from app.api.deps import ServiceDep, SettingsDep
+from app.api.responses import ERRORS, to_response
+from app.api.validation import ID_MAX, ID_PATTERN, MAX_VOTE_BODY
+from app.schemas.polls import BulkAccepted, BulkVote, Message, VoteAccepted, VoteRequest
+
+router = APIRouter(tags=["votes"])
+
+PollId = Annotated[
+    str,
+    Path(
+        description="The poll: 1-64 letters, digits, '-', '_' or '.'.",
+        examples=["100"],
+        json_schema_extra={"minLength": 1, "maxLength": ID_MAX, "pattern": ID_PATTERN},
+    ),
+]
+
+
+def _json_body(schema: dict[str, Any], example: object) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema, "example": example}},
+        }
+    }
+
+
+@router.post(
+    "/vote/{poll_id:path}",
+    summary="Cast one vote",
+    response_model=VoteAccepted,
+    responses={**ERRORS, 413: {"model": Message, "description": "Body over 1 KiB."}},
+    openapi_extra=_json_body(VoteRequest.model_json_schema(), {"option_id": "A"}),
+)
+async def cast_vote(poll_id: PollId, request: Request, service: ServiceDep) -> Response:
+    """Counts one vote for `option_id` in the poll. The vote is acknowledged once it is held
+    by the service; it reaches Redis with the next batch flush (or at once when batching is
+    off). Answers 503 with `Retry-After` when the poll's node has too large a backlog."""
+    body = await handlers.read_body(
+        request.receive, MAX_VOTE_BODY, request.headers.get("content-length", "").encode() or None
+    )
+    return to_response(await handlers.vote(service, poll_id, body))
+
+
+BULK_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": bulk.MAX_ENTRIES,
+    "items": BulkVote.model_json_schema(),
+}
+
+
+@router.post(
+    "/votes",
+    summary="Ingest many votes (edge collectors)",
+    response_model=BulkAccepted,
+    responses={
+        **ERRORS,
+        401: {"model": Message, "description": "Missing or wrong bearer token."},
+        404: {"model": Message, "description": "Bulk ingestion is off: no API_TOKEN is set."},
+        413: {"model": Message, "description": "Body over 2 MiB."},
+    },
+    openapi_extra=_json_body(
+        BULK_SCHEMA,
+        [{"poll_id": "100", "option_id": "A", "count": 12}, {"poll_id": "7", "option_id": "B", "count": 3}],
+    ),
+)
+async def ingest_votes(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    """Adds up to 10,000 `{poll_id, option_id, count}` entries, all or nothing. Needs
+    `Authorization: Bearer <API_TOKEN>`; with no token configured the endpoint is off (404)."""
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    authorization = request.headers.get("authorization")
+    body = None
+    if token is not None and bulk.authorised(token, authorization.encode() if authorization else None):
+        length = request.headers.get("content-length")
+        body = await handlers.read_body(
+            request.receive, bulk.MAX_BULK_BODY, length.encode() if length else None
+        )
+    reply = await bulk.ingest(
+        service, token, authorization.encode() if authorization else None, body
+    )
+    return to_response(reply)

@@ -1,0 +1,8 @@
+from fastapi import APIRouter
+
+from app.api.v1.endpoints import health, results, votes
+
+api_router = APIRouter()
+api_router.include_router(votes.router)
+api_router.include_router(results.router)
+api_router.include_router(health.router)

@@ -1,0 +1,88 @@
+"""Settings, from the environment and `.env`. A bad value stops start-up naming the setting."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core.nodes import NodeSpec, parse_nodes
+
+DEFAULT_NODES = "redis://localhost:7000,redis://localhost:7001"
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=False, extra="ignore", frozen=True
+    )
+
+    redis_nodes: str = Field(
+        DEFAULT_NODES,
+        description="Comma-separated `url` or `label=url`; empty for the in-memory store.",
+    )
+    virtual_nodes: int = Field(100, ge=1, le=10_000)
+    batch_interval_seconds: float = Field(
+        10.0, ge=0, le=3600, description="0 writes every vote through to the store."
+    )
+    batch_max_votes: int = Field(
+        100_000, ge=1, description="Flush early once this many votes are pending."
+    )
+    cache_ttl_seconds: float = Field(5.0, ge=0, le=3600, description="0 turns the cache off.")
+    cache_max_polls: int = Field(100_000, ge=1)
+    max_options_per_poll: int = Field(100, ge=1, le=10_000)
+    max_pending_polls_per_node: int = Field(
+        100_000, ge=1, description="Backlog cap: distinct polls held per node before 503."
+    )
+    redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    api_prefix: str = "/api/v1"
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for bulk ingestion; unset disables that endpoint."
+    )
+    fast_vote_path: bool = True
+    workers: int = Field(1, ge=1, le=64)
+    journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")
+    journal_fsync: Literal["always", "everysec", "off"] = "everysec"
+    debug: bool = False
+
+    @field_validator("redis_nodes")
+    @classmethod
+    def _nodes_parse(cls, value: str) -> str:
+        parse_nodes(value)
+        return value
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must start with '/', like /api/v1")
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @cached_property
+    def nodes(self) -> list[NodeSpec]:
+        return parse_nodes(self.redis_nodes)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning a validation error into one message per bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

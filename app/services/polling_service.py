@@ -1,0 +1,220 @@
+"""Stages 1-4 behind one object: votes go to a per-node buffer, reads merge store + in-flight
++ pending. Stage by configuration: write-through when the batch interval is 0, no cache when
+the cache TTL is 0, the in-memory store when no nodes are set."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.services.errors import BacklogFull, ResultsUnavailable, ShuttingDown, TooManyOptions
+from app.services.flusher import Flusher
+from app.services.results_cache import ResultsCache
+from app.services.vote_buffer import VoteBuffer
+from app.storage.base import NodeUnavailable, Snapshot, Store
+
+logger = logging.getLogger("app.polling_service")
+
+SHUTDOWN_FLUSH_SECONDS = 10.0
+READ_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Results:
+    poll_id: str
+    results: dict[str, int]
+    served_via: str
+    stale: bool = False
+
+
+def _merge(base: dict[str, int], extra: dict[str, int] | None) -> None:
+    if extra:
+        for option_id, n in extra.items():
+            base[option_id] = base.get(option_id, 0) + n
+
+
+class PollingService:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_interval: float,
+        batch_max_votes: int,
+        cache: ResultsCache,
+        max_options_per_poll: int,
+        max_pending_polls_per_node: int,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.write_through = batch_interval <= 0
+        self.batch_max_votes = batch_max_votes
+        self.max_options = max_options_per_poll
+        self.max_pending_polls = max_pending_polls_per_node
+        self.buffers = {node: VoteBuffer() for node in store.nodes}
+        self.flusher = Flusher(store, self.buffers, batch_interval, cache.apply_batch)
+        self.accepting = False
+        # Options seen per poll (from votes and reads), to enforce the per-poll cap without I/O.
+        self._options: dict[str, set[str]] = {}
+        self._options_limit = cache.max_polls
+
+    async def start(self) -> None:
+        await self.store.open()
+        if not self.write_through:
+            self.flusher.start()
+        self.accepting = True
+
+    async def stop(self) -> None:
+        """Stop taking votes, flush everything held, then close the store."""
+        self.accepting = False
+        await self.flusher.stop()
+        if not await self.flusher.drain(SHUTDOWN_FLUSH_SECONDS):
+            logger.error(
+                "shutdown: %d votes could not be flushed (nodes down: %s)",
+                self.pending_votes() + self.flusher.in_flight_votes(),
+                sorted(self.flusher.down),
+            )
+        await self.store.close()
+
+    # -- votes -----------------------------------------------------------------------------
+
+    def _check_option(self, poll_id: str, option_id: str) -> None:
+        known = self._options.get(poll_id)
+        if known is None:
+            if len(self._options) >= self._options_limit:
+                del self._options[next(iter(self._options))]
+            self._options[poll_id] = {option_id}
+        elif option_id not in known:
+            if len(known) >= self.max_options:
+                raise TooManyOptions(
+                    f"poll {poll_id} already has {self.max_options} options, the most allowed"
+                )
+            known.add(option_id)
+
+    def _admit(self, poll_id: str, option_id: str) -> VoteBuffer:
+        """Checks a vote may be taken; returns the buffer it goes into. No I/O."""
+        if not self.accepting:
+            raise ShuttingDown("the service is shutting down and takes no more votes")
+        node = self.store.node_for(poll_id)
+        buffer = self.buffers[node]
+        if buffer.polls >= self.max_pending_polls and not buffer.has_poll(poll_id):
+            raise BacklogFull(f"node {node} has too many votes waiting; retry later")
+        self._check_option(poll_id, option_id)
+        return buffer
+
+    def vote(self, poll_id: str, option_id: str) -> None:
+        """Take one vote (batching mode). No I/O, no await: it only increments a counter."""
+        buffer = self._admit(poll_id, option_id)
+        buffer.add(poll_id, option_id)
+        if buffer.votes >= self.batch_max_votes:
+            self.flusher.wake()
+
+    async def vote_write_through(self, poll_id: str, option_id: str) -> None:
+        """Stage 2: apply the vote to the store before acknowledging it."""
+        self._admit(poll_id, option_id)
+        try:
+            await self.store.increment(poll_id, option_id)
+        except NodeUnavailable as exc:
+            raise ResultsUnavailable(str(exc)) from exc
+        self.cache.add_vote(poll_id, option_id)
+
+    def vote_many(self, votes: list[tuple[str, str, int]]) -> None:
+        """Bulk ingestion, all or nothing: every entry is checked before any is counted."""
+        if not self.accepting:
+            raise ShuttingDown("the service is shutting down and takes no more votes")
+        new_polls: dict[str, int] = {}
+        new_options: dict[str, set[str]] = {}
+        for poll_id, option_id, _ in votes:
+            node = self.store.node_for(poll_id)
+            if not self.buffers[node].has_poll(poll_id):
+                new_polls[node] = new_polls.get(node, 0) + 1
+            new_options.setdefault(poll_id, set()).add(option_id)
+        for node, extra in new_polls.items():
+            if self.buffers[node].polls + extra > self.max_pending_polls:
+                raise BacklogFull(f"node {node} has too many votes waiting; retry later")
+        for poll_id, options in new_options.items():
+            if len(self._options.get(poll_id, set()) | options) > self.max_options:
+                raise TooManyOptions(
+                    f"poll {poll_id} would have more than {self.max_options} options"
+                )
+        for poll_id, option_id, n in votes:
+            self._check_option(poll_id, option_id)
+            buffer = self.buffers[self.store.node_for(poll_id)]
+            buffer.add(poll_id, option_id, n)
+        if any(b.votes >= self.batch_max_votes for b in self.buffers.values()):
+            self.flusher.wake()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _read_store(self, poll_id: str, node: str) -> Snapshot:
+        """A snapshot that holds every batch this instance has confirmed for the node."""
+        snapshot = Snapshot()
+        for _ in range(READ_ATTEMPTS):
+            snapshot = await self.store.read(poll_id, self.flusher.flusher_id)
+            if snapshot.applied_seq >= self.flusher.last_confirmed.get(node, 0):
+                break
+        return snapshot
+
+    async def results(self, poll_id: str) -> Results:
+        """Store snapshot (cached or read) + batches in flight + pending votes.
+
+        In-flight batches count only if the snapshot does not already hold them (their seq
+        is above the flusher's high-water mark read with it), so nothing counts twice.
+        """
+        node = self.store.node_for(poll_id)
+        stale = False
+        entry = self.cache.fresh(poll_id) if self.cache.enabled else None
+        if entry is not None:
+            base, applied_seq, served_via = dict(entry.counts), entry.applied_seq, "app_cache"
+        else:
+            version = self.cache.version
+            try:
+                snapshot = await self._read_store(poll_id, node)
+            except NodeUnavailable as exc:
+                entry = self.cache.any(poll_id) if self.cache.enabled else None
+                if entry is None:
+                    raise ResultsUnavailable(str(exc)) from exc
+                base, applied_seq, served_via, stale = (
+                    dict(entry.counts), entry.applied_seq, "app_cache", True
+                )
+            else:
+                self.cache.put(poll_id, snapshot, version)
+                base, applied_seq, served_via = dict(snapshot.counts), snapshot.applied_seq, node
+                self._learn_options(poll_id, base)
+        for batch in self.flusher.in_flight.get(node, []):
+            if batch.seq > applied_seq:
+                _merge(base, batch.counts.get(poll_id))
+        _merge(base, self.buffers[node].peek(poll_id))
+        return Results(poll_id, base, served_via, stale)
+
+    def _learn_options(self, poll_id: str, counts: dict[str, int]) -> None:
+        if counts:
+            known = self._options.setdefault(poll_id, set())
+            known.update(counts)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def pending_votes(self) -> int:
+        return sum(b.votes for b in self.buffers.values())
+
+    async def health(self) -> dict[str, object]:
+        reachable = await self.store.ping()
+        nodes = [
+            {
+                "label": label,
+                "url": url,
+                "reachable": reachable.get(label, False),
+                "pending_votes": self.buffers[label].votes,
+                "in_flight_votes": self.flusher.in_flight_votes(label),
+            }
+            for label, url in self.store.describe()
+        ]
+        return {
+            "status": "ok" if all(n["reachable"] for n in nodes) else "degraded",
+            "nodes": nodes,
+            "buffer": {
+                "pending_votes": self.pending_votes(),
+                "pending_polls": sum(b.polls for b in self.buffers.values()),
+                "in_flight_votes": self.flusher.in_flight_votes(),
+            },
+            "cache": {"polls": len(self.cache), "ttl_seconds": self.cache.ttl},
+        }

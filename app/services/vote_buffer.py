@@ -1,0 +1,40 @@
+"""Stage 4: pending votes for one node, held in memory until the flusher takes them."""
+
+from __future__ import annotations
+
+from app.storage.base import Counts
+
+
+class VoteBuffer:
+    """Counters `{poll: {option: n}}` that votes increment without any I/O.
+
+    `swap()` hands every pending vote to the caller and starts an empty buffer in one
+    synchronous step: no vote can fall between the two, and none is handed out twice.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counts = {}
+        self.votes = 0
+
+    def add(self, poll_id: str, option_id: str, n: int = 1) -> None:
+        options = self._counts.get(poll_id)
+        if options is None:
+            self._counts[poll_id] = {option_id: n}
+        else:
+            options[option_id] = options.get(option_id, 0) + n
+        self.votes += n
+
+    def peek(self, poll_id: str) -> dict[str, int] | None:
+        return self._counts.get(poll_id)
+
+    def has_poll(self, poll_id: str) -> bool:
+        return poll_id in self._counts
+
+    @property
+    def polls(self) -> int:
+        return len(self._counts)
+
+    def swap(self) -> Counts:
+        taken, self._counts = self._counts, {}
+        self.votes = 0
+        return taken
