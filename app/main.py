@@ -41,6 +41,7 @@ def build_service(settings: Settings) -> PollingService:
         cache=ResultsCache(settings.cache_ttl_seconds, settings.cache_max_polls),
         max_options_per_poll=settings.max_options_per_poll,
         max_pending_polls_per_node=settings.max_pending_polls_per_node,
+        shutdown_flush_seconds=settings.shutdown_flush_seconds,
     )
 
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_pending_polls_per_node: int = Field(
         100_000, ge=1, description="Backlog cap: distinct polls held per node before 503."
     )
+    shutdown_flush_seconds: float = Field(
+        10.0, ge=0, le=600, description="How long shutdown keeps retrying a node that is down."
+    )
     redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
     api_prefix: str = "/api/v1"
     api_token: SecretStr | None = Field(

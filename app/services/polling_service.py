@@ -15,7 +15,6 @@ from app.storage.base import NodeUnavailable, Snapshot, Store
 
 logger = logging.getLogger("app.polling_service")
 
-SHUTDOWN_FLUSH_SECONDS = 10.0
 READ_ATTEMPTS = 3
 
 
@@ -43,6 +42,7 @@ class PollingService:
         cache: ResultsCache,
         max_options_per_poll: int,
         max_pending_polls_per_node: int,
+        shutdown_flush_seconds: float = 10.0,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -50,6 +50,7 @@ class PollingService:
         self.batch_max_votes = batch_max_votes
         self.max_options = max_options_per_poll
         self.max_pending_polls = max_pending_polls_per_node
+        self.shutdown_flush_seconds = shutdown_flush_seconds
         self.buffers = {node: VoteBuffer() for node in store.nodes}
         self.flusher = Flusher(store, self.buffers, batch_interval, cache.apply_batch)
         self.accepting = False
@@ -67,7 +68,7 @@ class PollingService:
         """Stop taking votes, flush everything held, then close the store."""
         self.accepting = False
         await self.flusher.stop()
-        if not await self.flusher.drain(SHUTDOWN_FLUSH_SECONDS):
+        if not await self.flusher.drain(self.shutdown_flush_seconds):
             logger.error(
                 "shutdown: %d votes could not be flushed (nodes down: %s)",
                 self.pending_votes() + self.flusher.in_flight_votes(),

@@ -1,0 +1,143 @@
+"""Fixtures that start real Redis-compatible servers on free loopback ports, and the app
+in-process against them. Every server a test starts is stopped, even when the test fails."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.core.config import Settings, load_settings
+from app.devtools.local_nodes import LocalNode, free_port
+from app.main import create_app
+from app.services.polling_service import PollingService
+
+NodeFactory = Callable[..., LocalNode]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start a node on a free port: `start_node()`, `start_node(persist=True)`."""
+    nodes: list[LocalNode] = []
+
+    def start(persist: bool = False, port: int | None = None, password: str | None = None) -> LocalNode:
+        port = port or free_port()
+        data = tmp_path / f"node-{port}" if persist else None
+        node = LocalNode(port, data, password)
+        nodes.append(node)
+        return node.start()
+
+    yield start
+    for node in nodes:
+        node.kill()
+
+
+@pytest.fixture
+def two_nodes(start_node: NodeFactory) -> list[LocalNode]:
+    return [start_node(), start_node()]
+
+
+def nodes_setting(nodes: list[LocalNode]) -> str:
+    return ",".join(node.url for node in nodes)
+
+
+def settings_for(nodes: list[LocalNode] | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_nodes": nodes_setting(nodes) if nodes else "",
+        "batch_interval_seconds": 3600,  # tests flush explicitly unless they ask otherwise
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, PollingService]]:
+    """The app with its lifespan running, and an HTTP client that talks to it in-process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, app.state.service
+
+
+def stored_counts(node: LocalNode, poll_id: str) -> dict[str, int]:
+    client = redis.Redis(host="127.0.0.1", port=node.port, password=node.password)
+    try:
+        raw = client.hgetall(f"poll:{{{poll_id}}}")
+        return {k.decode(): int(v) for k, v in raw.items()}
+    finally:
+        client.close()
+
+
+class ServiceProcess:
+    """The real service under uvicorn in a child process, on a free port."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
+        command += ["--port", str(self.port), "--workers", str(workers), "--no-access-log"]
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""
+
+    def wait_ready(self, timeout: float = 20.0) -> ServiceProcess:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited: {self.finish()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("service did not start")
+
+    def finish(self, timeout: float = 30.0) -> str:
+        """Wait for the process to exit and return everything it printed."""
+        out, _ = self.process.communicate(timeout=timeout)
+        self.output += out or ""
+        return self.output
+
+    def terminate(self) -> str:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.finish()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.finish()
+
+
+@pytest.fixture
+def start_service() -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(env: dict[str, str], workers: int = 1) -> ServiceProcess:
+        service = ServiceProcess(env, workers)
+        started.append(service)
+        return service.wait_ready()
+
+    yield start
+    for service in started:
+        service.kill()
