@@ -1,0 +1,111 @@
+"""Bad input gets a clear 4xx naming the problem, and changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import running_app, settings_for
+
+LONG = "x" * 65
+
+# (path poll id, raw body, status, loc of the first error or None)
+CASES = [
+    ("", b'{"option_id": "A"}', 422, ["path", "poll_id"]),
+    (LONG, b'{"option_id": "A"}', 422, ["path", "poll_id"]),
+    ("a b", b'{"option_id": "A"}', 422, ["path", "poll_id"]),
+    ("a%2Fb", b'{"option_id": "A"}', 422, ["path", "poll_id"]),
+    ("caf%C3%A9", b'{"option_id": "A"}', 422, ["path", "poll_id"]),
+    ("p", b'{"option_id": ""}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": "' + LONG.encode() + b'"}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": "A/B"}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": "A\\n"}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": 1}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": null}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": ["A"]}', 422, ["body", "option_id"]),
+    ("p", b"{}", 422, ["body", "option_id"]),
+    ("p", b'{"option": "A"}', 422, ["body", "option_id"]),
+    ("p", b"", 422, ["body"]),
+    ("p", b"{bad json", 422, ["body"]),
+    ("p", b'"A"', 422, ["body"]),
+    ("p", b"[1, 2]", 422, ["body"]),
+    ("p", b"\xff\xfe", 422, ["body"]),
+    ("p", b'{"option_id": "' + b"A" * 1100 + b'"}', 413, None),
+]
+
+
+@pytest.mark.parametrize(("poll", "body", "status", "loc"), CASES)
+async def test_bad_vote_is_rejected_and_changes_nothing(
+    poll: str, body: bytes, status: int, loc: list[str] | None
+) -> None:
+    async with running_app(settings_for(None)) as (client, service):
+        response = await client.post(
+            f"/api/v1/vote/{poll}", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == status, response.text
+        detail = response.json()["detail"]
+        if loc is None:
+            assert "1024 bytes" in detail
+        else:
+            assert detail[0]["loc"] == loc
+            assert str(loc[-1]) in detail[0]["msg"] or loc == ["body"]
+        assert service.pending_votes() == 0
+
+
+async def test_too_many_options_in_one_poll_is_rejected() -> None:
+    async with running_app(settings_for(None)) as (client, service):
+        for i in range(100):
+            r = await client.post("/api/v1/vote/p", json={"option_id": f"o{i}"})
+            assert r.status_code == 200
+        r = await client.post("/api/v1/vote/p", json={"option_id": "one-too-many"})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "option_id"]
+        assert "100 options" in r.json()["detail"][0]["msg"]
+        assert (await client.post("/api/v1/vote/p", json={"option_id": "o5"})).status_code == 200
+        assert service.pending_votes() == 101
+
+
+@pytest.mark.parametrize("poll", ["", "a b", "x" * 65])
+async def test_bad_poll_id_on_results_is_422(poll: str) -> None:
+    async with running_app(settings_for(None)) as (client, _):
+        r = await client.get(f"/api/v1/results/{poll}")
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["path", "poll_id"]
+
+
+async def test_oversized_body_without_content_length_is_413() -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(20):
+            yield b"x" * 100
+
+    async with running_app(settings_for(None)) as (client, service):
+        r = await client.post("/api/v1/vote/p", content=chunks())
+        assert r.status_code == 413
+        assert service.pending_votes() == 0
+
+
+async def test_wrong_method_is_405_not_500() -> None:
+    async with running_app(settings_for(None)) as (client, _):
+        assert (await client.get("/api/v1/vote/p")).status_code == 405
+        assert (await client.delete("/api/v1/results/p")).status_code == 405
+
+
+async def test_votes_after_shutdown_began_get_503() -> None:
+    async with running_app(settings_for(None)) as (client, service):
+        service.accepting = False
+        r = await client.post("/api/v1/vote/p", json={"option_id": "A"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "shutting down" in r.json()["detail"]
+        service.accepting = True
+
+
+async def test_full_backlog_answers_503_with_retry_after() -> None:
+    async with running_app(settings_for(None, max_pending_polls_per_node=2)) as (client, service):
+        for poll in ["a", "b", "a"]:
+            assert (await client.post(f"/api/v1/vote/{poll}", json={"option_id": "A"})).status_code == 200
+        r = await client.post("/api/v1/vote/c", json={"option_id": "A"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "in_memory" in r.json()["detail"]
+        assert service.pending_votes() == 3
+        await service.flusher.flush()
+        assert (await client.post("/api/v1/vote/c", json={"option_id": "A"})).status_code == 200
+
