@@ -1,0 +1,113 @@
+"""Settings, node parsing, and the packaging files agreeing with them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from app.core.config import Settings, SettingsError, load_settings
+from app.core.nodes import parse_nodes, redact_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_final_stage() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert [(n.label, n.url) for n in settings.nodes] == [
+        ("redis_7000", "redis://localhost:7000"),
+        ("redis_7001", "redis://localhost:7001"),
+    ]
+    assert settings.virtual_nodes == 100
+    assert settings.batch_interval_seconds == 10
+    assert settings.cache_ttl_seconds == 5
+    assert settings.api_prefix == "/api/v1"
+
+
+def test_node_labels() -> None:
+    assert [n.label for n in parse_nodes("redis://h:6379")] == ["redis"]
+    assert [n.label for n in parse_nodes("redis://a:7000, redis://b:7001")] == [
+        "redis_7000",
+        "redis_7001",
+    ]
+    assert [n.label for n in parse_nodes("x=redis://a:6379,y=rediss://b:6379")] == ["x", "y"]
+    assert parse_nodes("") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "hint"),
+    [
+        ("redis_nodes", "http://h:1", "redis://"),
+        ("redis_nodes", "redis://a:6379,redis://b:6379", "unique"),
+        ("redis_nodes", "bad label=redis://a:1", "label"),
+        ("redis_nodes", "redis://h:notaport", "port"),
+        ("virtual_nodes", "0", "greater"),
+        ("batch_interval_seconds", "-1", "greater"),
+        ("cache_ttl_seconds", "soon", "number"),
+        ("api_prefix", "api", "start with"),
+        ("journal_fsync", "sometimes", "always"),
+    ],
+)
+def test_bad_value_names_the_setting(
+    name: str, value: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name.upper(), value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert name.upper() in str(error.value)
+    assert hint in str(error.value)
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert redact_url("rediss://:pw@h:1") == "rediss://:***@h:1"
+    assert redact_url("redis://h:1") == "redis://h:1"
+    with pytest.raises(ValueError) as error:
+        parse_nodes("http://:pw@h:1")
+    assert "pw" not in str(error.value).replace("***", "")
+
+
+def test_env_example_lists_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert name.upper() in text, name
+
+
+def test_compose_file_agrees_with_the_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    app = services["app"]
+    assert app["ports"] == ["8000:8000"]
+    nodes = parse_nodes(app["environment"]["REDIS_NODES"])
+    assert [n.label for n in nodes] == ["redis_7000", "redis_7001"]
+    for node, name, host_port in zip(nodes, ["redis-node-1", "redis-node-2"], [7000, 7001], strict=True):
+        spec = services[name]
+        assert urlsplit(node.url).hostname == name
+        assert spec["ports"] == [f"{host_port}:{urlsplit(node.url).port}"]
+        assert spec["image"].startswith("redis:8")
+        assert "--appendonly" in spec["command"]
+        assert spec["command"][spec["command"].index("--appendonly") + 1] == "yes"
+        assert spec["volumes"][0].endswith(":/data")
+        assert "healthcheck" in spec
+        assert app["depends_on"][name]["condition"] == "service_healthy"
+    assert app["environment"]["JOURNAL_FSYNC"] == "everysec"
+    assert any(v.endswith(":" + app["environment"]["JOURNAL_DIR"]) for v in app["volumes"])
+    for name, value in app["environment"].items():
+        assert name.lower() in Settings.model_fields, name
+        load_settings(**{name.lower(): value})
+
+
+def test_dockerfile_and_requirements() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("FROM python:3.14-slim")
+    assert "--loop uvloop --http httptools" in dockerfile and "--workers ${WORKERS}" in dockerfile
+    pins = [
+        line for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(project["dependencies"]) == sorted(pins)
+    assert all("==" in pin for pin in pins)

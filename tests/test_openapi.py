@@ -1,0 +1,34 @@
+"""The OpenAPI page documents every endpoint, with examples."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import running_app, settings_for
+
+
+async def test_every_endpoint_is_documented_with_examples() -> None:
+    async with running_app(settings_for(None)) as (client, _):
+        spec = (await client.get("/openapi.json")).json()
+        assert (await client.get("/docs")).status_code == 200
+    operations = {
+        ("/", "get"),
+        ("/api/v1/vote/{poll_id}", "post"),
+        ("/api/v1/votes", "post"),
+        ("/api/v1/results/{poll_id}", "get"),
+        ("/api/v1/health", "get"),
+    }
+    assert {(p, m) for p, item in spec["paths"].items() for m in item} == operations
+    for path, method in operations - {("/", "get")}:
+        operation = spec["paths"][path][method]
+        assert operation["summary"] and operation["description"], path
+    vote = spec["paths"]["/api/v1/vote/{poll_id}"]["post"]
+    assert vote["requestBody"]["content"]["application/json"]["example"] == {"option_id": "A"}
+    assert vote["parameters"][0]["schema"]["examples"] == ["100"]
+    assert {"200", "413", "422", "503"} <= set(vote["responses"])
+    bulk = spec["paths"]["/api/v1/votes"]["post"]
+    assert bulk["requestBody"]["content"]["application/json"]["example"][0]["count"] == 12
+    schemas = spec["components"]["schemas"]
+    for name in ["VoteAccepted", "PollResults", "ValidationFailed", "BulkAccepted"]:
+        assert schemas[name]["examples"], name
+    assert "redis_7000" in json.dumps(schemas["PollResults"]["examples"])
