@@ -68,8 +68,13 @@ class LocalNode:
     def start(self, timeout: float = 10.0) -> LocalNode:
         if port_in_use(self.port):
             raise RuntimeError(f"port {self.port} is already in use; stop what listens there")
+        # A session of its own: Ctrl-C in a terminal must not stop the node before the
+        # service has flushed into it; whoever started the node stops it.
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
         return self
