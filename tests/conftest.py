@@ -25,7 +25,9 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
     """Start a node on a free port: `start_node()`, `start_node(persist=True)`."""
     nodes: list[LocalNode] = []
 
-    def start(persist: bool = False, port: int | None = None, password: str | None = None) -> LocalNode:
+    def start(
+        persist: bool = False, port: int | None = None, password: str | None = None
+    ) -> LocalNode:
         port = port or free_port()
         data = tmp_path / f"node-{port}" if persist else None
         node = LocalNode(port, data, password)
@@ -56,7 +58,9 @@ def settings_for(nodes: list[LocalNode] | None, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, PollingService]]:
+async def running_app(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, PollingService]]:
     """The app with its lifespan running, and an HTTP client that talks to it in-process."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -101,11 +101,12 @@ async def test_votes_after_shutdown_began_get_503() -> None:
 async def test_full_backlog_answers_503_with_retry_after() -> None:
     async with running_app(settings_for(None, max_pending_polls_per_node=2)) as (client, service):
         for poll in ["a", "b", "a"]:
-            assert (await client.post(f"/api/v1/vote/{poll}", json={"option_id": "A"})).status_code == 200
+            assert (
+                await client.post(f"/api/v1/vote/{poll}", json={"option_id": "A"})
+            ).status_code == 200
         r = await client.post("/api/v1/vote/c", json={"option_id": "A"})
         assert r.status_code == 503 and r.headers["retry-after"]
         assert "in_memory" in r.json()["detail"]
         assert service.pending_votes() == 3
         await service.flusher.flush()
         assert (await client.post("/api/v1/vote/c", json={"option_id": "A"})).status_code == 200
-

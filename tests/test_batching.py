@@ -151,7 +151,9 @@ async def test_concurrent_votes_during_frequent_flushes_are_counted_exactly(
             seen = {poll: 0 for poll in polls}
             for i in range(300):
                 poll = polls[i % len(polls)]
-                total = sum((await client.get(f"/api/v1/results/{poll}")).json()["results"].values())
+                total = sum(
+                    (await client.get(f"/api/v1/results/{poll}")).json()["results"].values()
+                )
                 assert total >= seen[poll]
                 seen[poll] = total
 

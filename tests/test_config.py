@@ -83,7 +83,9 @@ def test_compose_file_agrees_with_the_settings() -> None:
     assert app["ports"] == ["8000:8000"]
     nodes = parse_nodes(app["environment"]["REDIS_NODES"])
     assert [n.label for n in nodes] == ["redis_7000", "redis_7001"]
-    for node, name, host_port in zip(nodes, ["redis-node-1", "redis-node-2"], [7000, 7001], strict=True):
+    for node, name, host_port in zip(
+        nodes, ["redis-node-1", "redis-node-2"], [7000, 7001], strict=True
+    ):
         spec = services[name]
         assert urlsplit(node.url).hostname == name
         assert spec["ports"] == [f"{host_port}:{urlsplit(node.url).port}"]
@@ -105,7 +107,8 @@ def test_dockerfile_and_requirements() -> None:
     assert dockerfile.startswith("FROM python:3.14-slim")
     assert "--loop uvloop --http httptools" in dockerfile and "--workers ${WORKERS}" in dockerfile
     pins = [
-        line for line in (ROOT / "requirements.txt").read_text().splitlines()
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
         if line and not line.startswith("#")
     ]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

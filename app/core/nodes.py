@@ -63,10 +63,9 @@ def parse_nodes(raw: str) -> list[NodeSpec]:
         labelled.append((label or None, url))
 
     nodes: list[NodeSpec] = []
-    for label, url in labelled:
-        if label is None:
-            label = "redis" if len(labelled) == 1 else f"redis_{urlsplit(url).port or 6379}"
-        nodes.append(NodeSpec(label, url))
+    for given, url in labelled:
+        default = "redis" if len(labelled) == 1 else f"redis_{urlsplit(url).port or 6379}"
+        nodes.append(NodeSpec(given or default, url))
     labels = [n.label for n in nodes]
     duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
     if duplicates:

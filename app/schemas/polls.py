@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.api.validation import ID_MAX, ID_PATTERN
 
-ID_FIELD: dict[str, Any] = {"min_length": 1, "max_length": ID_MAX, "pattern": ID_PATTERN}
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 
 
 class VoteRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"option_id": "A"}]})
-    option_id: str = Field(description="The option voted for.", **ID_FIELD)
+    option_id: Id = Field(description="The option voted for.")
 
 
 class VoteAccepted(BaseModel):
@@ -27,7 +27,9 @@ class VoteAccepted(BaseModel):
 class PollResults(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"poll_id": "100", "results": {"A": 3, "B": 1}, "served_via": "redis_7000"}]
+            "examples": [
+                {"poll_id": "100", "results": {"A": 3, "B": 1}, "served_via": "redis_7000"}
+            ]
         }
     )
     poll_id: str
@@ -85,8 +87,8 @@ class Health(BaseModel):
 
 
 class BulkVote(BaseModel):
-    poll_id: str = Field(**ID_FIELD)
-    option_id: str = Field(**ID_FIELD)
+    poll_id: Id
+    option_id: Id
     count: int = Field(ge=1, le=1_000_000)
 
 

@@ -100,7 +100,9 @@ class Flusher:
             await self.store.apply(batches)
         except NodeUnavailable as exc:
             if node not in self.down:
-                logger.warning("%s; holding %d votes, will retry", exc, sum(b.votes for b in batches))
+                logger.warning(
+                    "%s; holding %d votes, will retry", exc, sum(b.votes for b in batches)
+                )
             self.down[node] = str(exc)
             return 0, 0
         # Confirmed: leave "in flight" and update the cache in one step (no await between).

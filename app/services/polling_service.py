@@ -175,7 +175,10 @@ class PollingService:
                 if entry is None:
                     raise ResultsUnavailable(str(exc)) from exc
                 base, applied_seq, served_via, stale = (
-                    dict(entry.counts), entry.applied_seq, "app_cache", True
+                    dict(entry.counts),
+                    entry.applied_seq,
+                    "app_cache",
+                    True,
                 )
             else:
                 self.cache.put(poll_id, snapshot, version)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -64,7 +63,7 @@ class ShardedRedisStore:
     async def _call(self, node: str, operation: Awaitable[T]) -> T:
         try:
             return await operation
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             spec = self.manager.specs[node]
             raise NodeUnavailable(node, spec.safe_url, type(exc).__name__) from exc
 

@@ -70,7 +70,10 @@ BULK_SCHEMA = {
     },
     openapi_extra=_json_body(
         BULK_SCHEMA,
-        [{"poll_id": "100", "option_id": "A", "count": 12}, {"poll_id": "7", "option_id": "B", "count": 3}],
+        [
+            {"poll_id": "100", "option_id": "A", "count": 12},
+            {"poll_id": "7", "option_id": "B", "count": 3},
+        ],
     ),
 )
 async def ingest_votes(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
@@ -79,7 +82,9 @@ async def ingest_votes(request: Request, service: ServiceDep, settings: Settings
     token = settings.api_token.get_secret_value() if settings.api_token else None
     authorization = request.headers.get("authorization")
     body = None
-    if token is not None and bulk.authorised(token, authorization.encode() if authorization else None):
+    if token is not None and bulk.authorised(
+        token, authorization.encode() if authorization else None
+    ):
         length = request.headers.get("content-length")
         body = await handlers.read_body(
             request.receive, bulk.MAX_BULK_BODY, length.encode() if length else None
