@@ -65,8 +65,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI | FastPath:
+    """The ASGI app uvicorn runs: the API, behind the fast path unless that is turned off."""
     settings = settings or load_settings()
+    api = create_api(settings)
+    return FastPath(api, settings.api_prefix) if settings.fast_vote_path else api
+
+
+def create_api(settings: Settings) -> FastAPI:
+    """The FastAPI app: every route, documented, and the lifespan that owns the service."""
     _configure_logging(settings.debug)
 
     @asynccontextmanager
@@ -102,6 +109,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "healthy"}
 
     app.include_router(api_router, prefix=settings.api_prefix)
-    if settings.fast_vote_path:
-        app.add_middleware(FastPath, prefix=settings.api_prefix)
     return app

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from app.api.fast_path import FastPath
 from app.core.config import Settings, load_settings
 from app.devtools.local_nodes import LocalNode, free_port
 from app.main import create_app
@@ -63,10 +64,11 @@ async def running_app(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, PollingService]]:
     """The app with its lifespan running, and an HTTP client that talks to it in-process."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    api = app.api if isinstance(app, FastPath) else app
+    async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, app.state.service
+            yield client, api.state.service
 
 
 def stored_counts(node: LocalNode, poll_id: str) -> dict[str, int]:

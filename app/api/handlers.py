@@ -56,8 +56,16 @@ async def read_body(receive: Receive, limit: int, content_length: bytes | None) 
                 return None
         except ValueError:
             return None
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] != "http.request":
+        return b""  # client went away; the caller answers into the void
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        return None
+    if not message.get("more_body", False):
+        return body  # the usual case: the whole body in one message
+    chunks = [body]
+    size = len(body)
     while True:
         message = await receive()
         if message["type"] != "http.request":

@@ -84,6 +84,9 @@ class Health(BaseModel):
     nodes: list[NodeHealth]
     buffer: dict[str, int]
     cache: dict[str, float]
+    counters: dict[str, int] = Field(
+        description="Since start, this worker: votes accepted, flushes, Redis round trips."
+    )
 
 
 class BulkVote(BaseModel):

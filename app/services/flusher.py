@@ -44,6 +44,7 @@ class Flusher:
         self.last_confirmed: dict[str, int] = {}
         self.down: dict[str, str] = {}  # node -> last error, while its flushes fail
         self.flushes = 0
+        self.round_trips = 0  # store.apply calls: one pipeline to one node each
         self._seq = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -96,6 +97,7 @@ class Flusher:
                 return 0, 0
             batches = self._make_batches(node, counts)
             self.in_flight[node] = batches
+        self.round_trips += 1
         try:
             await self.store.apply(batches)
         except NodeUnavailable as exc:

@@ -54,6 +54,7 @@ class PollingService:
         self.buffers = {node: VoteBuffer() for node in store.nodes}
         self.flusher = Flusher(store, self.buffers, batch_interval, cache.apply_batch)
         self.accepting = False
+        self.accepted_votes = 0  # acknowledged since start, for health and the benchmark
         # Options seen per poll (from votes and reads), to enforce the per-poll cap without I/O.
         self._options: dict[str, set[str]] = {}
         self._options_limit = cache.max_polls
@@ -106,6 +107,7 @@ class PollingService:
         """Take one vote (batching mode). No I/O, no await: it only increments a counter."""
         buffer = self._admit(poll_id, option_id)
         buffer.add(poll_id, option_id)
+        self.accepted_votes += 1
         if buffer.votes >= self.batch_max_votes:
             self.flusher.wake()
 
@@ -117,6 +119,7 @@ class PollingService:
         except NodeUnavailable as exc:
             raise ResultsUnavailable(str(exc)) from exc
         self.cache.add_vote(poll_id, option_id)
+        self.accepted_votes += 1
 
     def vote_many(self, votes: list[tuple[str, str, int]]) -> None:
         """Bulk ingestion, all or nothing: every entry is checked before any is counted."""
@@ -141,6 +144,7 @@ class PollingService:
             self._check_option(poll_id, option_id)
             buffer = self.buffers[self.store.node_for(poll_id)]
             buffer.add(poll_id, option_id, n)
+            self.accepted_votes += n
         if any(b.votes >= self.batch_max_votes for b in self.buffers.values()):
             self.flusher.wake()
 
@@ -221,4 +225,9 @@ class PollingService:
                 "in_flight_votes": self.flusher.in_flight_votes(),
             },
             "cache": {"polls": len(self.cache), "ttl_seconds": self.cache.ttl},
+            "counters": {
+                "accepted_votes": self.accepted_votes,
+                "flushes": self.flusher.flushes,
+                "round_trips": self.flusher.round_trips,
+            },
         }

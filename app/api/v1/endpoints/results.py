@@ -14,7 +14,7 @@ router = APIRouter(tags=["results"])
 
 
 @router.get(
-    "/results/{poll_id:path}",
+    "/results/{poll_id:anytext}",
     summary="Current results of a poll",
     response_model=PollResults,
     responses=ERRORS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from app.api import bulk, handlers
 from app.api.deps import ServiceDep, SettingsDep
@@ -13,6 +14,16 @@ from app.api.validation import ID_MAX, ID_PATTERN, MAX_VOTE_BODY
 from app.schemas.polls import BulkAccepted, BulkVote, Message, VoteAccepted, VoteRequest
 
 router = APIRouter(tags=["votes"])
+
+
+class AnyTextConvertor(PathConvertor):
+    """Like Starlette's `path`, but newlines too: `.*` stops at one, and then `/vote/\n`
+    would reach the route as an empty poll id (or `/vote/a\nb` would not match at all)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anytext", AnyTextConvertor())
 
 PollId = Annotated[
     str,
@@ -34,7 +45,7 @@ def _json_body(schema: dict[str, Any], example: object) -> dict[str, Any]:
 
 
 @router.post(
-    "/vote/{poll_id:path}",
+    "/vote/{poll_id:anytext}",
     summary="Cast one vote",
     response_model=VoteAccepted,
     responses={**ERRORS, 413: {"model": Message, "description": "Body over 1 KiB."}},
