@@ -15,6 +15,7 @@ import redis
 from app.api.fast_path import FastPath
 from app.core.config import Settings, load_settings
 from app.devtools.local_nodes import LocalNode, free_port
+from app.devtools.uvicorn_process import UvicornProcess
 from app.main import create_app
 from app.services.polling_service import PollingService
 
@@ -80,59 +81,7 @@ def stored_counts(node: LocalNode, poll_id: str) -> dict[str, int]:
         client.close()
 
 
-class ServiceProcess:
-    """The real service under uvicorn in a child process, on a free port."""
-
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
-        import os
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
-        command += ["--port", str(self.port), "--workers", str(workers), "--no-access-log"]
-        self.process = subprocess.Popen(
-            command,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output = ""
-
-    def wait_ready(self, timeout: float = 20.0) -> ServiceProcess:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited: {self.finish()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("service did not start")
-
-    def finish(self, timeout: float = 30.0) -> str:
-        """Wait for the process to exit and return everything it printed."""
-        out, _ = self.process.communicate(timeout=timeout)
-        self.output += out or ""
-        return self.output
-
-    def terminate(self) -> str:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.finish()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.finish()
+ServiceProcess = UvicornProcess
 
 
 @pytest.fixture
@@ -140,7 +89,7 @@ def start_service() -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def start(env: dict[str, str], workers: int = 1) -> ServiceProcess:
-        service = ServiceProcess(env, workers)
+        service = UvicornProcess(env=env, workers=workers)
         started.append(service)
         return service.wait_ready()
 

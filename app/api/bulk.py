@@ -9,16 +9,18 @@ from typing import Annotated
 import msgspec
 
 from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, too_large_reply
-from app.api.validation import ID_MAX, error
+from app.api.validation import ID_MAX, error, id_error
 from app.services.errors import VoteRejected
 from app.services.polling_service import PollingService
+from app.storage.base import Counts
 
 MAX_ENTRIES = 10_000
 MAX_COUNT = 1_000_000
 MAX_BULK_BODY = 2 * 1024 * 1024
 
-# \Z, not $: msgspec searches, and $ would let a trailing newline through.
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX, pattern=r"^[A-Za-z0-9_.\-]+\Z")]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX)]
+SEPARATOR = "\x00"  # not an id character, so it cannot hide inside a valid id
+ALL_IDS = re.compile(r"[A-Za-z0-9_.\-]+(?:\x00[A-Za-z0-9_.\-]+)*")
 
 
 class BulkEntry(msgspec.Struct):
@@ -40,6 +42,32 @@ def _loc(message: str) -> list[str | int]:
     for index, name in _PATH_PART.findall(where.rstrip("`")):
         loc.append(int(index) if index else name)
     return loc
+
+
+def _first_bad_id(entries: list[BulkEntry]) -> dict[str, object] | None:
+    """Check every id's characters with one regex over all of them (a per-id regex costs
+    more than the rest of the request); only when that fails, find which one is wrong."""
+    ids = [i for e in entries for i in (e.poll_id, e.option_id)]
+    joined = SEPARATOR.join(ids)
+    if ALL_IDS.fullmatch(joined) and joined.count(SEPARATOR) == len(ids) - 1:
+        return None
+    for index, entry in enumerate(entries):
+        for name in ("poll_id", "option_id"):
+            problem = id_error(["body", index, name], getattr(entry, name))
+            if problem:
+                return problem
+    return None  # pragma: no cover - the joined check only fails on a bad id
+
+
+def _aggregate(entries: list[BulkEntry]) -> Counts:
+    counts: Counts = {}
+    for e in entries:
+        options = counts.get(e.poll_id)
+        if options is None:
+            counts[e.poll_id] = {e.option_id: e.count}
+        else:
+            options[e.option_id] = options.get(e.option_id, 0) + e.count
+    return counts
 
 
 def authorised(expected: str | None, header: bytes | None) -> bool:
@@ -70,12 +98,13 @@ async def ingest(
         return invalid_reply([error(_loc(message), message.split(" - at ")[0], "invalid")])
     except msgspec.DecodeError:
         return invalid_reply([error(["body"], "body must be valid JSON", "json_invalid")])
-    votes = [(e.poll_id, e.option_id, e.count) for e in entries]
+    problem = _first_bad_id(entries)
+    if problem:
+        return invalid_reply([problem])
     try:
-        service.vote_many(votes)
+        total = service.vote_many(_aggregate(entries))
         if service.write_through:
             await service.flusher.flush()
     except VoteRejected as exc:
         return rejected_reply(exc)
-    total = sum(n for _, _, n in votes)
-    return json_reply(200, {"status": "success", "entries": len(votes), "votes": total})
+    return json_reply(200, {"status": "success", "entries": len(entries), "votes": total})

@@ -11,7 +11,7 @@ from app.services.errors import BacklogFull, ResultsUnavailable, ShuttingDown, T
 from app.services.flusher import Flusher
 from app.services.results_cache import ResultsCache
 from app.services.vote_buffer import VoteBuffer
-from app.storage.base import NodeUnavailable, Snapshot, Store
+from app.storage.base import Counts, NodeUnavailable, Snapshot, Store
 
 logger = logging.getLogger("app.polling_service")
 
@@ -82,9 +82,7 @@ class PollingService:
     def _check_option(self, poll_id: str, option_id: str) -> None:
         known = self._options.get(poll_id)
         if known is None:
-            if len(self._options) >= self._options_limit:
-                del self._options[next(iter(self._options))]
-            self._options[poll_id] = {option_id}
+            self._learn_options(poll_id, {option_id: 1})
         elif option_id not in known:
             if len(known) >= self.max_options:
                 raise TooManyOptions(
@@ -121,32 +119,37 @@ class PollingService:
         self.cache.add_vote(poll_id, option_id)
         self.accepted_votes += 1
 
-    def vote_many(self, votes: list[tuple[str, str, int]]) -> None:
-        """Bulk ingestion, all or nothing: every entry is checked before any is counted."""
+    def vote_many(self, counts: Counts) -> int:
+        """Bulk ingestion, all or nothing: every poll is checked before any vote is counted.
+        Returns the number of votes taken."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
+        routed = [
+            (poll_id, options, self.store.node_for(poll_id)) for poll_id, options in counts.items()
+        ]
         new_polls: dict[str, int] = {}
-        new_options: dict[str, set[str]] = {}
-        for poll_id, option_id, _ in votes:
-            node = self.store.node_for(poll_id)
+        for poll_id, options, node in routed:
             if not self.buffers[node].has_poll(poll_id):
                 new_polls[node] = new_polls.get(node, 0) + 1
-            new_options.setdefault(poll_id, set()).add(option_id)
-        for node, extra in new_polls.items():
-            if self.buffers[node].polls + extra > self.max_pending_polls:
-                raise BacklogFull(f"node {node} has too many votes waiting; retry later")
-        for poll_id, options in new_options.items():
-            if len(self._options.get(poll_id, set()) | options) > self.max_options:
+            known = self._options.get(poll_id, set())
+            if (
+                len(known) + len(options) > self.max_options
+                and len(known | options.keys()) > self.max_options
+            ):
                 raise TooManyOptions(
                     f"poll {poll_id} would have more than {self.max_options} options"
                 )
-        for poll_id, option_id, n in votes:
-            self._check_option(poll_id, option_id)
-            buffer = self.buffers[self.store.node_for(poll_id)]
-            buffer.add(poll_id, option_id, n)
-            self.accepted_votes += n
+        for node, extra in new_polls.items():
+            if self.buffers[node].polls + extra > self.max_pending_polls:
+                raise BacklogFull(f"node {node} has too many votes waiting; retry later")
+        total = 0
+        for poll_id, options, node in routed:
+            self._learn_options(poll_id, options)
+            total += self.buffers[node].add_counts(poll_id, options)
+        self.accepted_votes += total
         if any(b.votes >= self.batch_max_votes for b in self.buffers.values()):
             self.flusher.wake()
+        return total
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -196,8 +199,13 @@ class PollingService:
 
     def _learn_options(self, poll_id: str, counts: dict[str, int]) -> None:
         if counts:
-            known = self._options.setdefault(poll_id, set())
-            known.update(counts)
+            known = self._options.get(poll_id)
+            if known is None:
+                if len(self._options) >= self._options_limit:
+                    del self._options[next(iter(self._options))]
+                self._options[poll_id] = set(counts)
+            else:
+                known.update(counts)
 
     # -- health ----------------------------------------------------------------------------
 

@@ -24,6 +24,16 @@ class VoteBuffer:
             options[option_id] = options.get(option_id, 0) + n
         self.votes += n
 
+    def add_counts(self, poll_id: str, counts: dict[str, int]) -> int:
+        """Add several options' counts for one poll; returns the votes added."""
+        options = self._counts.setdefault(poll_id, {})
+        added = 0
+        for option_id, n in counts.items():
+            options[option_id] = options.get(option_id, 0) + n
+            added += n
+        self.votes += added
+        return added
+
     def peek(self, poll_id: str) -> dict[str, int] | None:
         return self._counts.get(poll_id)
 

@@ -1,0 +1,73 @@
+"""An ASGI app under uvicorn in a child process on a free port (tests and benchmark)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from app.devtools.local_nodes import free_port
+
+SERVER_OPTIONS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+
+
+class UvicornProcess:
+    def __init__(
+        self,
+        target: str = "app.main:create_app",
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        factory: bool = True,
+        quiet: bool = False,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "uvicorn", target, "--port", str(self.port)]
+        command += ["--workers", str(workers), *SERVER_OPTIONS]
+        if factory:
+            command.append("--factory")
+        if quiet:
+            command += ["--log-level", "warning"]
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, so workers can be stopped with it
+        )
+        self.output = ""
+
+    def wait_ready(self, timeout: float = 20.0, path: str = "/") -> UvicornProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.url} exited: {self.finish()}")
+            try:
+                httpx.get(self.url + path, timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.url} did not start in {timeout}s")
+
+    def finish(self, timeout: float = 30.0) -> str:
+        """Wait for the process to exit and return everything it printed."""
+        out, _ = self.process.communicate(timeout=timeout)
+        self.output += out or ""
+        return self.output
+
+    def terminate(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.finish()
+
+    def kill(self) -> None:
+        """Stop at once, worker processes included."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.finish()

@@ -1,0 +1,291 @@
+"""`make bench`: the service against two references measured in the same run.
+
+Starts two local nodes, the service, and the *naive* and *bare* reference apps (same uvicorn
+settings, one worker each), drives them in turns with wrk over several rounds, and reports
+medians and ratios. Writes results.md, results.json and chart.png to bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from app.core.consistent_hash import HashRing
+from app.devtools.local_nodes import LocalNode, free_port
+from app.devtools.uvicorn_process import UvicornProcess
+from bench.wrk import WrkResult, run_wrk
+
+OUT = Path(__file__).resolve().parent / "results"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+TOKEN = "bench-token"
+Rounds = dict[str, list[WrkResult]]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def median(results: list[WrkResult], field: str) -> float:
+    return float(statistics.median(getattr(r, field) for r in results))
+
+
+def take_turns(
+    apps: dict[str, str], script: str, label: str, env: dict[str, str] | None = None
+) -> Rounds:
+    """Every app once per round, in turn, so drift on a noisy machine hits all alike."""
+    rounds: Rounds = {name: [] for name in apps}
+    for i in range(1, ROUNDS + 1):
+        for name, url in apps.items():
+            result = run_wrk(url, script, SECONDS, env=env)
+            rounds[name].append(result)
+            figures = f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms"
+            log(f"{label} round {i}/{ROUNDS} {name}: {figures}")
+    return rounds
+
+
+def service_env(nodes: list[LocalNode], **extra: str) -> dict[str, str]:
+    return {
+        "REDIS_NODES": ",".join(f"redis_{n.port}={n.url}" for n in nodes),
+        "CACHE_TTL_SECONDS": "60",  # GET rounds measure cache hits
+        "API_TOKEN": TOKEN,
+        **extra,
+    }
+
+
+def stored_total(nodes: list[LocalNode]) -> int:
+    total = 0
+    for node in nodes:
+        client = redis.Redis(port=node.port)
+        for key in client.scan_iter("poll:*"):
+            total += sum(int(v) for v in client.hvals(key))
+        client.close()
+    return total
+
+
+def ring_lookups_per_second() -> float:
+    ring = HashRing(["redis_7000", "redis_7001"])
+    keys = [str(i) for i in range(1, 1001)]
+    for key in keys:
+        ring.get_node(key)
+    calls = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < 1.0:
+        for key in keys:
+            ring.get_node(key)
+        calls += len(keys)
+    return calls / (time.perf_counter() - started)
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    nodes = [LocalNode(free_port()).start(), LocalNode(free_port()).start()]
+    processes: list[UvicornProcess] = []
+
+    def start(
+        target: str, env: dict[str, str] | None = None, workers: int = 1, factory: bool = True
+    ) -> str:
+        process = UvicornProcess(target, env, workers, factory, quiet=True)
+        processes.append(process)
+        return process.wait_ready().url
+
+    try:
+        log(f"nodes on {[n.port for n in nodes]}; {ROUNDS} rounds of {SECONDS:g} s per app")
+        service = start("app.main:create_app", service_env(nodes))
+        apps = {
+            "service": service,
+            "naive": start("bench.reference_apps:naive", factory=False),
+            "bare": start("bench.reference_apps:bare", factory=False),
+        }
+        votes = take_turns(apps, "vote.lua", "POST vote")
+        with httpx.Client(base_url=service) as client:  # warm the cache for the GET rounds
+            for poll in range(1, 1001):
+                client.get(f"/api/v1/results/{poll}")
+        reads = take_turns(apps, "results.lua", "GET results")
+        bulk_env = {**os.environ, "BENCH_TOKEN": TOKEN}
+        accepted_before = httpx.get(f"{service}/api/v1/health").json()["counters"]["accepted_votes"]
+        bulk = take_turns({"service": service}, "bulk.lua", "POST votes (bulk)", bulk_env)[
+            "service"
+        ]
+
+        health = httpx.get(f"{service}/api/v1/health").json()
+        accepted = health["counters"]["accepted_votes"]
+        votes_per_bulk = (accepted - accepted_before) / sum(r.requests for r in bulk)
+        service_process = processes[0]
+        service_process.terminate()  # SIGTERM: the final flush
+        counted = stored_total(nodes)
+        flush_lines = [ln for ln in service_process.output.splitlines() if "flush:" in ln]
+        counters = health["counters"]
+        log(f"counts check: accepted {accepted:,}, counted in Redis {counted:,}")
+
+        for node in nodes:
+            redis.Redis(port=node.port).flushall()
+        two = start("app.main:create_app", service_env(nodes), workers=2)
+        workers2 = take_turns({"service, 2 workers": two}, "vote.lua", "POST vote")[
+            "service, 2 workers"
+        ]
+        ring_rate = ring_lookups_per_second()
+        log(f"ring: {ring_rate:,.0f} get_node calls/s")
+    finally:
+        for process in processes:
+            process.kill()
+        for node in nodes:
+            node.kill()
+
+    report = build_report(
+        votes,
+        reads,
+        bulk,
+        votes_per_bulk,
+        workers2,
+        ring_rate,
+        accepted,
+        counted,
+        counters,
+        flush_lines,
+    )
+    (OUT / "results.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (OUT / "results.md").write_text(table)
+    chart(report, OUT / "chart.png")
+    print()
+    print(table)
+    print(f"written: {OUT}/results.md, results.json, chart.png")
+
+
+def summary(results: list[WrkResult]) -> dict[str, float]:
+    return {
+        "rps": median(results, "rps"),
+        "p50_ms": median(results, "p50_ms"),
+        "p99_ms": median(results, "p99_ms"),
+        "non_2xx": sum(r.non_2xx for r in results),
+        "rounds": len(results),
+    }
+
+
+def build_report(
+    votes: Rounds,
+    reads: Rounds,
+    bulk: list[WrkResult],
+    votes_per_bulk: float,
+    workers2: list[WrkResult],
+    ring_rate: float,
+    accepted: int,
+    counted: int,
+    counters: dict[str, int],
+    flush_lines: list[str],
+) -> dict[str, Any]:
+    vote = {name: summary(r) for name, r in votes.items()}
+    read = {name: summary(r) for name, r in reads.items()}
+    bulk_summary = summary(bulk)
+    bulk_votes = bulk_summary["rps"] * votes_per_bulk
+    bulk_entries = bulk_summary["rps"] * 1000
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {"rounds": ROUNDS, "seconds": SECONDS, "connections": 50, "wrk_threads": 1},
+        "post_vote": vote,
+        "get_results": read,
+        "bulk": {
+            **bulk_summary,
+            "entries_per_request": 1000,
+            "votes_per_request": votes_per_bulk,
+            "votes_per_s": bulk_votes,
+            "entries_per_s": bulk_entries,
+        },
+        "workers": {"1": vote["service"]["rps"], "2": summary(workers2)["rps"]},
+        "ratios": {
+            "vote_vs_naive": vote["service"]["rps"] / vote["naive"]["rps"],
+            "vote_vs_bare": vote["service"]["rps"] / vote["bare"]["rps"],
+            "results_vs_naive": read["service"]["rps"] / read["naive"]["rps"],
+            "bulk_votes_vs_single": bulk_votes / vote["service"]["rps"],
+            "bulk_entries_vs_single": bulk_entries / vote["service"]["rps"],
+        },
+        "ring_get_node_per_s": ring_rate,
+        "flushes": counters["flushes"],
+        "round_trips_per_flush": counters["round_trips"] / max(counters["flushes"], 1),
+        "counts": {"accepted": accepted, "counted": counted, "exact": accepted == counted},
+        "last_flush_line": flush_lines[-1] if flush_lines else "",
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    v, g, ratios = r["post_vote"], r["get_results"], r["ratios"]
+    rows = [
+        "| measure | service | naive | bare | service / naive | service / bare |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, data, key_n, key_b in [
+        ("POST vote, req/s", v, "vote_vs_naive", "vote_vs_bare"),
+        ("GET results (cache hit), req/s", g, "results_vs_naive", None),
+    ]:
+        bare_ratio = f"{data['service']['rps'] / data['bare']['rps']:.2f}x"
+        rows.append(
+            f"| {label} | {data['service']['rps']:,.0f} | {data['naive']['rps']:,.0f} "
+            f"| {data['bare']['rps']:,.0f} | **{ratios[key_n]:.2f}x** | "
+            + (f"**{ratios[key_b]:.2f}x** |" if key_b else f"{bare_ratio} |")
+        )
+        for q in ["p50_ms", "p99_ms"]:
+            rows.append(
+                f"| {label.split(',')[0]}, {q[:3]} latency ms | {data['service'][q]:.2f} "
+                f"| {data['naive'][q]:.2f} | {data['bare'][q]:.2f} | | |"
+            )
+    b = r["bulk"]
+    non_2xx = v["service"]["non_2xx"] + g["service"]["non_2xx"] + b["non_2xx"]
+    lines = [
+        f"Medians of {r['settings']['rounds']} rounds of {r['settings']['seconds']:g} s, "
+        "wrk 1 thread 50 connections, one uvicorn worker each (uvloop, httptools), "
+        f"{r['machine']['cpus']} cores.",
+        "",
+        *rows,
+        "",
+        "| other measure | value |",
+        "|---|---:|",
+        f"| bulk `POST /votes` (1,000 entries, {b['votes_per_request']:,.0f} votes a request), "
+        f"votes/s | {b['votes_per_s']:,.0f} "
+        f"(**{ratios['bulk_votes_vs_single']:.0f}x** single votes; p99 {b['p99_ms']:.1f} ms) |",
+        f"| bulk entries/s | {b['entries_per_s']:,.0f} "
+        f"({ratios['bulk_entries_vs_single']:.0f}x single-vote requests) |",
+        f"| POST vote req/s, 1 worker / 2 workers | "
+        f"{r['workers']['1']:,.0f} / {r['workers']['2']:,.0f} |",
+        f"| hash ring `get_node`, repeated poll ids, calls/s | {r['ring_get_node_per_s']:,.0f} |",
+        f"| Redis round trips per flush (2 nodes) | {r['round_trips_per_flush']:.2f} |",
+        f"| counts check: votes accepted = votes in Redis after the final flush | "
+        f"{r['counts']['accepted']:,} = {r['counts']['counted']:,}: "
+        f"**{'exact' if r['counts']['exact'] else 'MISMATCH'}** |",
+        f"| non-2xx answers to the service | {non_2xx} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    apps = ["service", "naive", "bare"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for offset, (name, data) in enumerate(
+        [("POST vote", r["post_vote"]), ("GET results", r["get_results"])]
+    ):
+        xs = [i + offset * 0.4 for i in range(3)]
+        axes[0].bar(xs, [data[a]["rps"] for a in apps], width=0.4, label=name)
+        axes[1].bar(xs, [data[a]["p99_ms"] for a in apps], width=0.4, label=name)
+    for ax, title in zip(axes, ["throughput (req/s)", "p99 latency (ms)"], strict=True):
+        ax.set_xticks([i + 0.2 for i in range(3)], apps)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
