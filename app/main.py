@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 from app.api.fast_path import FastPath
 from app.api.v1.router import api_router
 from app.core.config import Settings, load_settings
+from app.services.journal import Journal
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
@@ -42,7 +44,15 @@ def build_service(settings: Settings) -> PollingService:
         max_options_per_poll=settings.max_options_per_poll,
         max_pending_polls_per_node=settings.max_pending_polls_per_node,
         shutdown_flush_seconds=settings.shutdown_flush_seconds,
+        journal=build_journal(settings),
     )
+
+
+def build_journal(settings: Settings) -> Journal | None:
+    """The write-ahead journal, when a folder is set and votes are batched."""
+    if not settings.journal_dir or settings.batch_interval_seconds <= 0:
+        return None
+    return Journal(Path(settings.journal_dir), settings.journal_fsync)
 
 
 def _configure_logging(debug: bool) -> None:

@@ -103,6 +103,8 @@ async def ingest(
         return invalid_reply([problem])
     try:
         total = service.vote_many(_aggregate(entries))
+        if service.waits_for_disk:
+            await service.commit()
         if service.write_through:
             await service.flusher.flush()
     except VoteRejected as exc:

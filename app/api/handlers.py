@@ -98,6 +98,8 @@ async def vote(service: PollingService, poll_id: str, body: bytes | None) -> Rep
             await service.vote_write_through(poll_id, option_id)
         else:
             service.vote(poll_id, option_id)
+            if service.waits_for_disk:
+                await service.commit()
     except VoteRejected as exc:
         return rejected_reply(exc)
     return 200, VOTE_ACCEPTED, []

@@ -26,6 +26,11 @@ class ShuttingDown(VoteRejected):
     retry_after = 5
 
 
+class JournalUnavailable(VoteRejected):
+    status = 503
+    retry_after = 5
+
+
 class ResultsUnavailable(VoteRejected):
     status = 503
     retry_after = 5

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from app.services.journal import Journal
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Batch, Counts, NodeUnavailable, Store
 
@@ -34,6 +35,7 @@ class Flusher:
         interval: float,
         on_landed: Callable[[Batch], None],
         flusher_id: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.store = store
         self.buffers = buffers
@@ -41,7 +43,9 @@ class Flusher:
         self.on_landed = on_landed
         self.flusher_id = flusher_id or uuid.uuid4().hex
         self.in_flight: dict[str, list[Batch]] = {}
-        self.last_confirmed: dict[str, int] = {}
+        self.journal = journal
+        # node -> flusher id -> seq of the last batch confirmed (ours, and any recovered)
+        self.last_confirmed: dict[str, dict[str, int]] = {}
         self.down: dict[str, str] = {}  # node -> last error, while its flushes fail
         self.flushes = 0
         self.round_trips = 0  # store.apply calls: one pipeline to one node each
@@ -73,6 +77,17 @@ class Flusher:
             except Exception:  # a bug must not stop the flusher for good; the batch is kept
                 logger.exception("flush failed")
 
+    def adopt(self, batches: list[Batch]) -> None:
+        """Take over batches recovered from the journal; they are retried like our own."""
+        for batch in batches:
+            self.in_flight.setdefault(batch.node, []).append(batch)
+
+    def flusher_ids(self, node: str) -> list[str]:
+        """Whose high-water marks a read of this node must fetch."""
+        ids = {self.flusher_id, *self.last_confirmed.get(node, {})}
+        ids.update(b.flusher_id for b in self.in_flight.get(node, []))
+        return sorted(ids)
+
     def in_flight_votes(self, node: str | None = None) -> int:
         nodes = [node] if node else list(self.in_flight)
         return sum(b.votes for n in nodes for b in self.in_flight.get(n, []))
@@ -96,6 +111,8 @@ class Flusher:
             if not counts:
                 return 0, 0
             batches = self._make_batches(node, counts)
+            if self.journal is not None:
+                self.journal.seal(node, batches)
             self.in_flight[node] = batches
         self.round_trips += 1
         try:
@@ -109,9 +126,12 @@ class Flusher:
             return 0, 0
         # Confirmed: leave "in flight" and update the cache in one step (no await between).
         del self.in_flight[node]
-        self.last_confirmed[node] = batches[-1].seq
+        confirmed = self.last_confirmed.setdefault(node, {})
         for batch in batches:
+            confirmed[batch.flusher_id] = batch.seq
             self.on_landed(batch)
+        if self.journal is not None:
+            self.journal.release(batches)
         if self.down.pop(node, None) is not None:
             logger.info("node %s is back; its held votes landed", node)
         return sum(b.votes for b in batches), sum(len(b.counts) for b in batches)

@@ -4,12 +4,20 @@ the cache TTL is 0, the in-memory store when no nodes are set."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
-from app.services.errors import BacklogFull, ResultsUnavailable, ShuttingDown, TooManyOptions
+from app.services.errors import (
+    BacklogFull,
+    JournalUnavailable,
+    ResultsUnavailable,
+    ShuttingDown,
+    TooManyOptions,
+)
 from app.services.flusher import Flusher
-from app.services.results_cache import ResultsCache
+from app.services.journal import Journal
+from app.services.results_cache import CacheEntry, ResultsCache
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Counts, NodeUnavailable, Snapshot, Store
 
@@ -43,6 +51,7 @@ class PollingService:
         max_options_per_poll: int,
         max_pending_polls_per_node: int,
         shutdown_flush_seconds: float = 10.0,
+        journal: Journal | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -53,17 +62,51 @@ class PollingService:
         self.shutdown_flush_seconds = shutdown_flush_seconds
         self.buffers = {node: VoteBuffer() for node in store.nodes}
         self.flusher = Flusher(store, self.buffers, batch_interval, cache.apply_batch)
+        self.journal = journal
+        if journal is not None:
+            journal.flusher_id = self.flusher.flusher_id
+            self.flusher.journal = journal
         self.accepting = False
         self.accepted_votes = 0  # acknowledged since start, for health and the benchmark
         # Options seen per poll (from votes and reads), to enforce the per-poll cap without I/O.
         self._options: dict[str, set[str]] = {}
         self._options_limit = cache.max_polls
 
+    @property
+    def waits_for_disk(self) -> bool:
+        """Whether an accepted vote must wait for `journal.commit()` before its answer."""
+        return self.journal is not None and self.journal.waits_for_disk
+
     async def start(self) -> None:
         await self.store.open()
+        if self.journal is not None:
+            await self._recover(self.journal)
         if not self.write_through:
             self.flusher.start()
         self.accepting = True
+
+    async def _recover(self, journal: Journal) -> None:
+        """Replay what a crashed process left: sealed batches keep their ids (a node that
+        already applied one ignores it); loose votes go into the buffers and a new segment."""
+        found = journal.recover()
+        journal.start()
+        self.flusher.adopt(found.batches)
+        for poll_id, options in found.loose.items():
+            node = self.store.node_for(poll_id)
+            self.buffers[node].add_counts(poll_id, options)
+            self._learn_options(poll_id, options)
+            for option_id, n in options.items():
+                journal.append(node, poll_id, option_id, n)
+        if found.loose:
+            await asyncio.to_thread(journal.sync_open)
+        for path in found.loose_files:
+            path.unlink()
+        if found.batches or found.loose:
+            votes = sum(b.votes for b in found.batches) + sum(
+                sum(o.values()) for o in found.loose.values()
+            )
+            logger.info("journal: recovered %d votes from an earlier run", votes)
+            await self.flusher.flush()
 
     async def stop(self) -> None:
         """Stop taking votes, flush everything held, then close the store."""
@@ -71,10 +114,13 @@ class PollingService:
         await self.flusher.stop()
         if not await self.flusher.drain(self.shutdown_flush_seconds):
             logger.error(
-                "shutdown: %d votes could not be flushed (nodes down: %s)",
+                "shutdown: %d votes could not be flushed (nodes down: %s)%s",
                 self.pending_votes() + self.flusher.in_flight_votes(),
                 sorted(self.flusher.down),
+                "; they stay in the journal for the next start" if self.journal else "",
             )
+        if self.journal is not None:
+            await self.journal.stop()
         await self.store.close()
 
     # -- votes -----------------------------------------------------------------------------
@@ -90,8 +136,8 @@ class PollingService:
                 )
             known.add(option_id)
 
-    def _admit(self, poll_id: str, option_id: str) -> VoteBuffer:
-        """Checks a vote may be taken; returns the buffer it goes into. No I/O."""
+    def _admit(self, poll_id: str, option_id: str) -> tuple[str, VoteBuffer]:
+        """Checks a vote may be taken; returns its node and the buffer it goes into."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
         node = self.store.node_for(poll_id)
@@ -99,15 +145,26 @@ class PollingService:
         if buffer.polls >= self.max_pending_polls and not buffer.has_poll(poll_id):
             raise BacklogFull(f"node {node} has too many votes waiting; retry later")
         self._check_option(poll_id, option_id)
-        return buffer
+        return node, buffer
 
     def vote(self, poll_id: str, option_id: str) -> None:
-        """Take one vote (batching mode). No I/O, no await: it only increments a counter."""
-        buffer = self._admit(poll_id, option_id)
+        """Take one vote (batching mode). No await: it increments a counter and, with the
+        journal on, appends a line to it (`waits_for_disk` says whether to await a commit)."""
+        node, buffer = self._admit(poll_id, option_id)
         buffer.add(poll_id, option_id)
+        if self.journal is not None:
+            self.journal.append(node, poll_id, option_id)
         self.accepted_votes += 1
         if buffer.votes >= self.batch_max_votes:
             self.flusher.wake()
+
+    async def commit(self) -> None:
+        """With `JOURNAL_FSYNC=always`: wait until the votes taken so far are on disk."""
+        if self.journal is not None:
+            try:
+                await self.journal.commit()
+            except OSError as exc:
+                raise JournalUnavailable(f"the vote journal could not be written: {exc}") from exc
 
     async def vote_write_through(self, poll_id: str, option_id: str) -> None:
         """Stage 2: apply the vote to the store before acknowledging it."""
@@ -146,6 +203,9 @@ class PollingService:
         for poll_id, options, node in routed:
             self._learn_options(poll_id, options)
             total += self.buffers[node].add_counts(poll_id, options)
+            if self.journal is not None:
+                for option_id, n in options.items():
+                    self.journal.append(node, poll_id, option_id, n)
         self.accepted_votes += total
         if any(b.votes >= self.batch_max_votes for b in self.buffers.values()):
             self.flusher.wake()
@@ -157,45 +217,41 @@ class PollingService:
         """A snapshot that holds every batch this instance has confirmed for the node."""
         snapshot = Snapshot()
         for _ in range(READ_ATTEMPTS):
-            snapshot = await self.store.read(poll_id, self.flusher.flusher_id)
-            if snapshot.applied_seq >= self.flusher.last_confirmed.get(node, 0):
+            snapshot = await self.store.read(poll_id, self.flusher.flusher_ids(node))
+            confirmed = self.flusher.last_confirmed.get(node, {})
+            if all(snapshot.applied.get(f, 0) >= seq for f, seq in confirmed.items()):
                 break
         return snapshot
 
     async def results(self, poll_id: str) -> Results:
         """Store snapshot (cached or read) + batches in flight + pending votes.
 
-        In-flight batches count only if the snapshot does not already hold them (their seq
-        is above the flusher's high-water mark read with it), so nothing counts twice.
+        An in-flight batch counts only if the snapshot does not already hold it (its seq is
+        above the high-water mark read with the counts), so nothing counts twice.
         """
         node = self.store.node_for(poll_id)
         stale = False
-        entry = self.cache.fresh(poll_id) if self.cache.enabled else None
-        if entry is not None:
-            base, applied_seq, served_via = dict(entry.counts), entry.applied_seq, "app_cache"
-        else:
+        source: CacheEntry | Snapshot | None = self.cache.fresh(poll_id)
+        served_via = "app_cache"
+        if source is None:
             version = self.cache.version
             try:
-                snapshot = await self._read_store(poll_id, node)
+                source = await self._read_store(poll_id, node)
             except NodeUnavailable as exc:
-                entry = self.cache.any(poll_id) if self.cache.enabled else None
-                if entry is None:
+                source = self.cache.any(poll_id)
+                if source is None:
                     raise ResultsUnavailable(str(exc)) from exc
-                base, applied_seq, served_via, stale = (
-                    dict(entry.counts),
-                    entry.applied_seq,
-                    "app_cache",
-                    True,
-                )
+                stale = True
             else:
-                self.cache.put(poll_id, snapshot, version)
-                base, applied_seq, served_via = dict(snapshot.counts), snapshot.applied_seq, node
-                self._learn_options(poll_id, base)
+                self.cache.put(poll_id, source, version)
+                self._learn_options(poll_id, source.counts)
+                served_via = node
+        counts = dict(source.counts)
         for batch in self.flusher.in_flight.get(node, []):
-            if batch.seq > applied_seq:
-                _merge(base, batch.counts.get(poll_id))
-        _merge(base, self.buffers[node].peek(poll_id))
-        return Results(poll_id, base, served_via, stale)
+            if not source.holds(batch):
+                _merge(counts, batch.counts.get(poll_id))
+        _merge(counts, self.buffers[node].peek(poll_id))
+        return Results(poll_id, counts, served_via, stale)
 
     def _learn_options(self, poll_id: str, counts: dict[str, int]) -> None:
         if counts:

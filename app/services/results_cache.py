@@ -12,8 +12,11 @@ from app.storage.base import Batch, Snapshot
 @dataclass
 class CacheEntry:
     counts: dict[str, int]
-    applied_seq: int
+    applied: dict[str, int]  # flusher id -> highest batch seq the counts hold
     stored_at: float
+
+    def holds(self, batch: Batch) -> bool:
+        return batch.seq <= self.applied.get(batch.flusher_id, 0)
 
 
 class ResultsCache:
@@ -41,12 +44,15 @@ class ResultsCache:
         return len(self._entries)
 
     def fresh(self, poll_id: str) -> CacheEntry | None:
+        if not self.enabled:
+            return None
         entry = self._entries.get(poll_id)
         if entry is not None and self.clock() - entry.stored_at < self.ttl:
             return entry
         return None
 
     def any(self, poll_id: str) -> CacheEntry | None:
+        """The entry however old: served, marked stale, while the poll's node is down."""
         return self._entries.get(poll_id)
 
     def put(self, poll_id: str, snapshot: Snapshot, version: int) -> None:
@@ -56,18 +62,18 @@ class ResultsCache:
         if len(self._entries) >= self.max_polls:
             del self._entries[next(iter(self._entries))]  # the least recently stored
         self._entries[poll_id] = CacheEntry(
-            dict(snapshot.counts), snapshot.applied_seq, self.clock()
+            dict(snapshot.counts), dict(snapshot.applied), self.clock()
         )
 
     def apply_batch(self, batch: Batch) -> None:
         """A batch landed: cached snapshots take its deltas in the same step."""
         for poll_id, options in batch.counts.items():
             entry = self._entries.get(poll_id)
-            if entry is None or entry.applied_seq >= batch.seq:
+            if entry is None or entry.holds(batch):
                 continue
             for option_id, n in options.items():
                 entry.counts[option_id] = entry.counts.get(option_id, 0) + n
-            entry.applied_seq = batch.seq
+            entry.applied[batch.flusher_id] = batch.seq
 
     def add_vote(self, poll_id: str, option_id: str) -> None:
         """A write-through vote landed in the store."""

@@ -28,10 +28,14 @@ class Batch:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A poll's stored counts, and the highest batch seq of our flusher applied when read."""
+    """A poll's stored counts, and for each flusher asked about, the highest batch seq the
+    node had applied when the counts were read (read in the same atomic step)."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    applied_seq: int = 0
+    applied: dict[str, int] = field(default_factory=dict)
+
+    def holds(self, batch: Batch) -> bool:
+        return batch.seq <= self.applied.get(batch.flusher_id, 0)
 
 
 class NodeUnavailable(Exception):
@@ -52,7 +56,7 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def read(self, poll_id: str, flusher_id: str) -> Snapshot: ...
+    async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot: ...
 
     async def apply(self, batches: list[Batch]) -> None:
         """Apply batches for one node, in order, in one round trip. Raises NodeUnavailable."""

@@ -25,8 +25,9 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    async def read(self, poll_id: str, flusher_id: str) -> Snapshot:
-        return Snapshot(dict(self._counts.get(poll_id, {})), self._applied.get(flusher_id, 0))
+    async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
+        applied = {f: self._applied.get(f, 0) for f in flusher_ids}
+        return Snapshot(dict(self._counts.get(poll_id, {})), applied)
 
     async def apply(self, batches: list[Batch]) -> None:
         for batch in batches:

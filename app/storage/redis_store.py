@@ -67,13 +67,15 @@ class ShardedRedisStore:
             spec = self.manager.specs[node]
             raise NodeUnavailable(node, spec.safe_url, type(exc).__name__) from exc
 
-    async def read(self, poll_id: str, flusher_id: str) -> Snapshot:
+    async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         node = self.node_for(poll_id)
         pipe = self.manager.client(node).pipeline(transaction=True)
         pipe.hgetall(poll_key(poll_id))
-        pipe.get(hwm_key(flusher_id))
-        counts, hwm = await self._call(node, pipe.execute())
-        return Snapshot({k: int(v) for k, v in counts.items()}, int(hwm or 0))
+        for flusher_id in flusher_ids:
+            pipe.get(hwm_key(flusher_id))
+        counts, *marks = await self._call(node, pipe.execute())
+        applied = {f: int(m or 0) for f, m in zip(flusher_ids, marks, strict=True)}
+        return Snapshot({k: int(v) for k, v in counts.items()}, applied)
 
     async def apply(self, batches: list[Batch]) -> None:
         if not batches:
