@@ -1,0 +1,157 @@
+"""Crash durability: the write-ahead journal, tested by killing the service with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.devtools.local_nodes import LocalNode
+from tests.conftest import NodeFactory, ServiceProcess, running_app, settings_for, stored_counts
+from tests.reply_cutting_proxy import ReplyCuttingProxy
+
+StartService = Callable[..., ServiceProcess]
+
+
+def crash(service: ServiceProcess) -> None:
+    os.killpg(service.process.pid, signal.SIGKILL)
+    service.finish()
+
+
+async def vote_concurrently(
+    url: str, polls: int, voters: int, votes_each: int
+) -> tuple[Counter[tuple[str, str]], int]:
+    """Returns the acknowledged votes per (poll, option) and how many got no answer."""
+    acknowledged: Counter[tuple[str, str]] = Counter()
+    unanswered = 0
+
+    async def voter(seed: int) -> None:
+        nonlocal unanswered
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            for i in range(votes_each):
+                poll, option = f"p{(seed * 7 + i) % polls}", "ABCD"[(seed + i) % 4]
+                try:
+                    r = await client.post(f"/api/v1/vote/{poll}", json={"option_id": option})
+                except httpx.HTTPError:
+                    unanswered += 1
+                    return
+                if r.status_code == 200:
+                    acknowledged[poll, option] += 1
+
+    await asyncio.gather(*(voter(s) for s in range(voters)))
+    return acknowledged, unanswered
+
+
+def stored_everywhere(nodes: list[LocalNode], poll: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for node in nodes:
+        total.update(stored_counts(node, poll))
+    return dict(total)
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec", "off"])
+async def test_kill_9_after_acknowledging_loses_nothing(
+    fsync: str, two_nodes: list[LocalNode], start_service: StartService, tmp_path: Path
+) -> None:
+    env = {
+        "REDIS_NODES": ",".join(n.url for n in two_nodes),
+        "BATCH_INTERVAL_SECONDS": "0.2",
+        "JOURNAL_DIR": str(tmp_path / "journal"),
+        "JOURNAL_FSYNC": fsync,
+    }
+    service = start_service(env)
+    acknowledged, unanswered = await vote_concurrently(service.url, 10, 20, 40)
+    assert unanswered == 0
+    crash(service)  # whatever was flushed, sealed or only journaled at this moment
+    start_service(env).terminate()  # recovery, then a graceful stop that flushes
+    for poll in {p for p, _ in acknowledged}:
+        expected = {o: n for (p, o), n in acknowledged.items() if p == poll}
+        assert stored_everywhere(two_nodes, poll) == expected
+
+
+async def test_kill_9_under_load_keeps_every_acknowledged_vote(
+    two_nodes: list[LocalNode], start_service: StartService, tmp_path: Path
+) -> None:
+    env = {
+        "REDIS_NODES": ",".join(n.url for n in two_nodes),
+        "BATCH_INTERVAL_SECONDS": "0.1",
+        "JOURNAL_DIR": str(tmp_path / "journal"),
+        "JOURNAL_FSYNC": "always",
+    }
+    service = start_service(env)
+    load = asyncio.create_task(vote_concurrently(service.url, 10, 30, 10_000))
+    while stored_everywhere(two_nodes, "p1") == {}:  # some batches have landed
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # keep voting a little while flushes run, then crash mid-load
+    crash(service)
+    acknowledged, unanswered = await load
+    assert unanswered > 0  # the crash cut requests off
+    start_service(env).terminate()
+    total_stored = sum(sum(stored_everywhere(two_nodes, f"p{i}").values()) for i in range(10))
+    for (poll, option), n in acknowledged.items():
+        assert stored_everywhere(two_nodes, poll).get(option, 0) >= n
+    # at most the requests cut off by the crash were counted without an answer
+    assert sum(acknowledged.values()) <= total_stored <= sum(acknowledged.values()) + unanswered
+
+
+async def test_crash_after_the_node_applied_a_batch_does_not_double_it(
+    start_node: NodeFactory, start_service: StartService, tmp_path: Path
+) -> None:
+    node = start_node()
+    proxy = await ReplyCuttingProxy(node.port).start()
+    proxy.cuts_left = 1_000_000  # every batch reaches the node; no confirmation comes back
+    journal = {"JOURNAL_DIR": str(tmp_path / "journal"), "JOURNAL_FSYNC": "always"}
+    try:
+        env = {"REDIS_NODES": f"n={proxy.url}", "BATCH_INTERVAL_SECONDS": "0.1", **journal}
+        service = start_service(env)
+        acknowledged, _ = await vote_concurrently(service.url, 3, 5, 20)
+        while proxy.cuts_done < 2:  # the node holds a batch, applied once and retried once
+            await asyncio.sleep(0.02)  # but the service has no confirmation of it
+        assert 0 < sum(sum(stored_counts(node, f"p{i}").values()) for i in range(3)) <= 100
+        crash(service)
+    finally:
+        await proxy.stop()
+    env = {"REDIS_NODES": f"n={node.url}", "BATCH_INTERVAL_SECONDS": "0.1", **journal}
+    output = start_service(env).terminate()
+    assert "recovered 100 votes" in output
+    for poll in ("p0", "p1", "p2"):
+        assert stored_counts(node, poll) == {
+            o: n for (p, o), n in acknowledged.items() if p == poll
+        }
+
+
+async def test_graceful_stop_with_a_node_down_keeps_its_votes_for_the_next_start(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = start_node(persist=True)
+    settings = settings_for(
+        [node], journal_dir=str(tmp_path / "j"), journal_fsync="everysec", shutdown_flush_seconds=0
+    )
+    async with running_app(settings) as (client, _):
+        for _ in range(3):
+            await client.post("/api/v1/vote/p", json={"option_id": "A"})
+        node.stop()
+    node.start()
+    assert stored_counts(node, "p") == {}
+    async with running_app(settings) as (client, service):
+        assert (await client.get("/api/v1/results/p")).json()["results"] == {"A": 3}
+        await service.flusher.flush()
+    assert stored_counts(node, "p") == {"A": 3}
+    assert not list((tmp_path / "j").glob("slot-*/*.json")) + list(
+        (tmp_path / "j").glob("slot-*/*.log")
+    )
+
+
+async def test_two_processes_sharing_a_journal_folder_take_different_slots(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(None, journal_dir=str(tmp_path / "j"))
+    async with running_app(settings) as (_, first), running_app(settings) as (_, second):
+        assert first.journal and second.journal
+        assert first.journal.directory != second.journal.directory
