@@ -32,7 +32,12 @@ for a few seconds. Reads always include votes that are not flushed yet."""
 def build_store(settings: Settings) -> Store:
     if not settings.nodes:
         return MemoryStore()
-    return ShardedRedisStore(settings.nodes, settings.virtual_nodes, settings.redis_timeout_seconds)
+    return ShardedRedisStore(
+        settings.nodes,
+        settings.virtual_nodes,
+        settings.redis_timeout_seconds,
+        settings.redis_tls_ca_file,
+    )
 
 
 def build_service(settings: Settings) -> PollingService:

@@ -24,6 +24,7 @@ CASES = [
     ("p", b'{"option_id": ["A"]}', 422, ["body", "option_id"]),
     ("p", b"{}", 422, ["body", "option_id"]),
     ("p", b'{"option": "A"}', 422, ["body", "option_id"]),
+    ("p", b'{"option_id": "A", "voter": "x"}', 422, ["body", "voter"]),
     ("p", b"", 422, ["body"]),
     ("p", b"{bad json", 422, ["body"]),
     ("p", b'"A"', 422, ["body"]),

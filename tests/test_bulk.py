@@ -45,7 +45,10 @@ async def test_bulk_votes_are_counted_and_flushed(two_nodes: list[LocalNode]) ->
     [
         ([{"poll_id": "1", "option_id": "A", "count": 0}], ["body", 0, "count"]),
         ([{"poll_id": "1", "option_id": "A", "count": 1.5}], ["body", 0, "count"]),
+        ([{"poll_id": "1", "option_id": "A", "count": "2"}], ["body", 0, "count"]),
+        ([{"poll_id": "1", "option_id": "A", "count": 10**7}], ["body", 0, "count"]),
         ([{"poll_id": "1", "option_id": "A"}], ["body", 0]),
+        ([{"poll_id": "1", "option_id": "A", "count": 1, "x": 1}], ["body", 0]),
         (
             [
                 {"poll_id": "1", "option_id": "A", "count": 1},
@@ -66,6 +69,14 @@ async def test_bad_bulk_entry_rejects_the_whole_request(entries: object, loc: li
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == loc
         assert service.pending_votes() == 0
+
+
+async def test_bulk_accepts_a_whole_number_written_as_a_float() -> None:
+    async with running_app(settings_for(None, api_token=TOKEN)) as (client, service):
+        body = [{"poll_id": "1", "option_id": "A", "count": 4.0}]
+        r = await client.post("/api/v1/votes", json=body, headers=AUTH)
+        assert r.json() == {"status": "success", "entries": 1, "votes": 4}
+        assert service.pending_votes() == 4
 
 
 async def test_bulk_over_the_option_cap_changes_nothing() -> None:

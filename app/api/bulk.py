@@ -23,10 +23,14 @@ SEPARATOR = "\x00"  # not an id character, so it cannot hide inside a valid id
 ALL_IDS = re.compile(r"[A-Za-z0-9_.\-]+(?:\x00[A-Za-z0-9_.\-]+)*")
 
 
-class BulkEntry(msgspec.Struct):
+class BulkEntry(msgspec.Struct, forbid_unknown_fields=True):
     poll_id: Id
     option_id: Id
-    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+    # JSON Schema's "integer" includes 12.0, so a whole float is accepted too.
+    count: (
+        Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+        | Annotated[float, msgspec.Meta(ge=1, le=MAX_COUNT)]
+    )
 
 
 _decode = msgspec.json.Decoder(
@@ -44,9 +48,14 @@ def _loc(message: str) -> list[str | int]:
     return loc
 
 
-def _first_bad_id(entries: list[BulkEntry]) -> dict[str, object] | None:
+def _first_problem(entries: list[BulkEntry]) -> dict[str, object] | None:
     """Check every id's characters with one regex over all of them (a per-id regex costs
     more than the rest of the request); only when that fails, find which one is wrong."""
+    for index, entry in enumerate(entries):
+        if isinstance(entry.count, float):
+            if not entry.count.is_integer():
+                return error(["body", index, "count"], "count must be a whole number", "int_type")
+            entry.count = int(entry.count)
     ids = [i for e in entries for i in (e.poll_id, e.option_id)]
     joined = SEPARATOR.join(ids)
     if ALL_IDS.fullmatch(joined) and joined.count(SEPARATOR) == len(ids) - 1:
@@ -64,9 +73,9 @@ def _aggregate(entries: list[BulkEntry]) -> Counts:
     for e in entries:
         options = counts.get(e.poll_id)
         if options is None:
-            counts[e.poll_id] = {e.option_id: e.count}
+            counts[e.poll_id] = {e.option_id: int(e.count)}
         else:
-            options[e.option_id] = options.get(e.option_id, 0) + e.count
+            options[e.option_id] = options.get(e.option_id, 0) + int(e.count)
     return counts
 
 
@@ -98,7 +107,7 @@ async def ingest(
         return invalid_reply([error(_loc(message), message.split(" - at ")[0], "invalid")])
     except msgspec.DecodeError:
         return invalid_reply([error(["body"], "body must be valid JSON", "json_invalid")])
-    problem = _first_bad_id(entries)
+    problem = _first_problem(entries)
     if problem:
         return invalid_reply([problem])
     try:

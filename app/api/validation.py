@@ -67,4 +67,8 @@ def parse_vote_body(body: bytes) -> str:
     problem = id_error(["body", "option_id"], option_id)
     if problem:
         raise InvalidInput([problem])
+    if len(data) > 1:
+        extra = next(key for key in data if key != "option_id")
+        message = f"unknown field {extra!r}: the body holds only option_id"
+        raise InvalidInput([error(["body", extra], message, "extra_forbidden")])
     return str(option_id)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         10.0, ge=0, le=600, description="How long shutdown keeps retrying a node that is down."
     )
     redis_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    redis_tls_ca_file: str = Field(
+        "", description="CA bundle to verify rediss:// nodes; empty uses the system's."
+    )
     api_prefix: str = "/api/v1"
     api_token: SecretStr | None = Field(
         None, description="Bearer token for bulk ingestion; unset disables that endpoint."

@@ -18,6 +18,10 @@ class NodeSpec:
     url: str
 
     @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    @property
     def safe_url(self) -> str:
         """The URL with any password replaced by `***`, for logs, health output and errors."""
         return redact_url(self.url)

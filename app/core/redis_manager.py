@@ -19,7 +19,9 @@ logger = logging.getLogger("app.redis_manager")
 class RedisManager:
     """Owns the node clients and the ring. Connects lazily: nothing happens at construction."""
 
-    def __init__(self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float) -> None:
+    def __init__(
+        self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float, tls_ca_file: str = ""
+    ) -> None:
         if not nodes:
             raise ValueError("RedisManager needs at least one node")
         self.specs = {spec.label: spec for spec in nodes}
@@ -32,6 +34,7 @@ class RedisManager:
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
                 decode_responses=True,
+                **({"ssl_ca_certs": tls_ca_file} if tls_ca_file and spec.tls else {}),
             )
             for spec in nodes
         }

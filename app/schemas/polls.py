@@ -12,7 +12,7 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=I
 
 
 class VoteRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"option_id": "A"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"option_id": "A"}]})
     option_id: Id = Field(description="The option voted for.")
 
 
@@ -90,6 +90,8 @@ class Health(BaseModel):
 
 
 class BulkVote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     poll_id: Id
     option_id: Id
     count: int = Field(ge=1, le=1_000_000)

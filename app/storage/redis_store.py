@@ -44,8 +44,10 @@ def hwm_key(flusher_id: str) -> str:
 
 
 class ShardedRedisStore:
-    def __init__(self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float) -> None:
-        self.manager = RedisManager(nodes, virtual_nodes, timeout)
+    def __init__(
+        self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float, tls_ca_file: str = ""
+    ) -> None:
+        self.manager = RedisManager(nodes, virtual_nodes, timeout, tls_ca_file)
 
     @property
     def nodes(self) -> list[str]:
