@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -27,17 +28,21 @@ class RedisManager:
         self.specs = {spec.label: spec for spec in nodes}
         self.ring = HashRing([spec.label for spec in nodes], virtual_nodes)
         # Our flusher retries whole batches itself, so the client must not retry on its own.
-        self.clients = {
-            spec.label: Redis.from_url(
-                spec.url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=True,
-                **({"ssl_ca_certs": tls_ca_file} if tls_ca_file and spec.tls else {}),
-            )
-            for spec in nodes
-        }
+        self.clients = {spec.label: self._client(spec, timeout, tls_ca_file) for spec in nodes}
+
+    @staticmethod
+    def _client(spec: NodeSpec, timeout: float, tls_ca_file: str) -> Redis:
+        options: dict[str, Any] = {}
+        if spec.tls and tls_ca_file:
+            options["ssl_ca_certs"] = tls_ca_file
+        return Redis.from_url(
+            spec.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+            **options,
+        )
 
     def node_for(self, poll_id: str) -> str:
         return self.ring.get_node(poll_id)
