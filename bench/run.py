@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,15 @@ def main() -> None:
         workers2 = take_turns({"service, 2 workers": two}, "vote.lua", "POST vote")[
             "service, 2 workers"
         ]
+        processes.pop().terminate()  # the 2-worker service
+        journal_modes = {"no journal": votes["service"]}
+        for mode in ("off", "everysec", "always"):
+            with tempfile.TemporaryDirectory() as journal_dir:
+                env = service_env(nodes, JOURNAL_DIR=journal_dir, JOURNAL_FSYNC=mode)
+                url = start("app.main:create_app", env)
+                name = f"journal {mode}"
+                journal_modes[name] = take_turns({name: url}, "vote.lua", "POST vote")[name]
+                processes.pop().terminate()
         ring_rate = ring_lookups_per_second()
         log(f"ring: {ring_rate:,.0f} get_node calls/s")
     finally:
@@ -152,6 +162,10 @@ def main() -> None:
         counters,
         flush_lines,
     )
+    report["journal"] = {
+        name: {**summary(r), "vs_no_journal": median(r, "rps") / median(votes["service"], "rps")}
+        for name, r in journal_modes.items()
+    }
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (OUT / "results.md").write_text(table)
@@ -262,6 +276,16 @@ def markdown(r: dict[str, Any]) -> str:
         f"**{'exact' if r['counts']['exact'] else 'MISMATCH'}** |",
         f"| non-2xx answers to the service | {non_2xx} |",
     ]
+    journal = r.get("journal", {})
+    if journal:
+        lines += [
+            "",
+            "| POST vote with the journal (`JOURNAL_FSYNC`) | req/s | p99 ms | vs no journal |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, data in journal.items():
+            figures = f"{data['rps']:,.0f} | {data['p99_ms']:.2f} | {data['vs_no_journal']:.2f}x"
+            lines.append(f"| {name} | {figures} |")
     return "\n".join(lines) + "\n"
 
 

@@ -76,3 +76,17 @@ def test_bad_setting_stops_start_up_naming_it() -> None:
     )
     assert result.returncode != 0
     assert "REDIS_NODES" in result.stderr
+
+
+def test_two_workers_each_flush_their_own_votes_exactly(
+    two_nodes: list[LocalNode], start_service: Callable[..., ServiceProcess]
+) -> None:
+    env = {"REDIS_NODES": ",".join(n.url for n in two_nodes), "BATCH_INTERVAL_SECONDS": "0.2"}
+    service = start_service(env, workers=2)
+    with httpx.Client(base_url=service.url) as client:
+        for i in range(200):
+            assert client.post(f"/api/v1/vote/{i % 8}", json={"option_id": "A"}).status_code == 200
+    output = service.terminate()
+    assert output.count("started: nodes") == 2  # two workers, each with its own flusher
+    for poll in range(8):
+        assert sum(sum(stored_counts(n, str(poll)).values()) for n in two_nodes) == 25
