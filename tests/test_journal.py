@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections import Counter
@@ -155,3 +156,18 @@ async def test_two_processes_sharing_a_journal_folder_take_different_slots(
     async with running_app(settings) as (_, first), running_app(settings) as (_, second):
         assert first.journal and second.journal
         assert first.journal.directory != second.journal.directory
+
+
+async def test_batches_for_a_node_no_longer_configured_stay_on_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slot = tmp_path / "j" / "slot-0"
+    slot.mkdir(parents=True)
+    batch = {"flusher_id": "old", "seq": 1, "node": "gone", "counts": {"p": {"A": 2}}}
+    sealed = slot / "sealed-old-1.json"
+    sealed.write_text(json.dumps({"segments": [], "batches": [batch]}))
+    settings = settings_for(None, journal_dir=str(tmp_path / "j"))
+    async with running_app(settings) as (client, _):
+        assert (await client.get("/api/v1/results/p")).json()["results"] == {}
+    assert sealed.exists()
+    assert "2 votes are for nodes no longer configured (['gone'])" in caplog.text

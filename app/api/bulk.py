@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import msgspec
@@ -79,25 +80,30 @@ def _aggregate(entries: list[BulkEntry]) -> Counts:
     return counts
 
 
-def authorised(expected: str | None, header: bytes | None) -> bool:
+def authorised(expected: str | None, header: str | None) -> bool:
     """Constant-time check of an `Authorization: Bearer <token>` header."""
     if expected is None or header is None:
         return False
-    scheme, _, token = header.decode("latin-1").partition(" ")
+    scheme, _, token = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
         token.strip().encode(), expected.encode()
     )
 
 
 async def ingest(
-    service: PollingService, token: str | None, authorization: bytes | None, body: bytes | None
+    service: PollingService,
+    token: str | None,
+    authorization: str | None,
+    read_body: Callable[[int], Awaitable[bytes | None]],
 ) -> Reply:
+    """The whole request: the token first (no body is read without it), then the entries."""
     if token is None:
         return json_reply(404, {"detail": "Not Found"})
     if not authorised(token, authorization):
         return json_reply(
             401, {"detail": "a valid bearer token is required"}, [(b"www-authenticate", b"Bearer")]
         )
+    body = await read_body(MAX_BULK_BODY)
     if body is None:
         return too_large_reply(MAX_BULK_BODY)
     try:

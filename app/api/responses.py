@@ -1,13 +1,20 @@
-"""Turning a handler's reply into a Starlette response, and the shared OpenAPI fragments."""
+"""Between the handlers and Starlette: reading a request body, turning a reply into a
+response, and the OpenAPI fragments the routes share."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Response
+from fastapi import Request, Response
 
-from app.api.handlers import Reply
+from app.api.handlers import Reply, read_body
 from app.schemas.polls import Message, ValidationFailed
+
+
+async def read_request_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is longer than `limit` bytes."""
+    length = request.headers.get("content-length")
+    return await read_body(request.receive, limit, length.encode() if length else None)
 
 
 def to_response(reply: Reply) -> Response:

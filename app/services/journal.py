@@ -1,7 +1,7 @@
 """Write-ahead journal: accepted votes on local disk until the node confirms them.
 
 Files in `JOURNAL_DIR`:
-- `votes-<flusher>-<node>-<n>.log`: one segment per node per buffer generation, a line per
+- `votes-<journal>-<node>-<n>.log`: one segment per node per buffer generation, a line per
   vote (`poll<TAB>option<TAB>count`), written with `os.write` as the vote is taken, so a
   crash of the process never loses it (the kernel holds it). `JOURNAL_FSYNC` says when it
   reaches the disk: `always` before the vote is acknowledged (group commit: one fsync for
@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,11 +56,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Journal:
-    def __init__(self, root: Path, fsync: str, flusher_id: str = "") -> None:
+    def __init__(self, root: Path, fsync: str) -> None:
         self.root = root
         self.directory = root  # the slot folder, once recover() has taken one
         self.fsync = fsync
-        self.flusher_id = flusher_id
+        self.journal_id = uuid.uuid4().hex[:12]  # segment names never clash with leftovers
         self._open: dict[str, Segment] = {}
         self._counter = 0
         self._sealed_files: dict[tuple[str, int], Path] = {}  # first batch of a file -> file
@@ -143,7 +144,7 @@ class Journal:
         segment = self._open.get(node)
         if segment is None:
             self._counter += 1
-            path = self.directory / f"votes-{self.flusher_id}-{node}-{self._counter}.log"
+            path = self.directory / f"votes-{self.journal_id}-{node}-{self._counter}.log"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             segment = self._open[node] = Segment(path, fd)
         os.write(segment.fd, f"{poll_id}\t{option_id}\t{n}\n".encode())

@@ -61,11 +61,10 @@ class PollingService:
         self.max_pending_polls = max_pending_polls_per_node
         self.shutdown_flush_seconds = shutdown_flush_seconds
         self.buffers = {node: VoteBuffer() for node in store.nodes}
-        self.flusher = Flusher(store, self.buffers, batch_interval, cache.apply_batch)
         self.journal = journal
-        if journal is not None:
-            journal.flusher_id = self.flusher.flusher_id
-            self.flusher.journal = journal
+        self.flusher = Flusher(
+            store, self.buffers, batch_interval, cache.apply_batch, journal=journal
+        )
         self.accepting = False
         self.accepted_votes = 0  # acknowledged since start, for health and the benchmark
         # Options seen per poll (from votes and reads), to enforce the per-poll cap without I/O.
@@ -90,6 +89,14 @@ class PollingService:
         already applied one ignores it); loose votes go into the buffers and a new segment."""
         found = journal.recover()
         journal.start()
+        orphans = [b for b in found.batches if b.node not in self.buffers]
+        if orphans:
+            logger.error(
+                "journal: %d votes are for nodes no longer configured (%s); they stay on disk",
+                sum(b.votes for b in orphans),
+                sorted({b.node for b in orphans}),
+            )
+        found.batches = [b for b in found.batches if b.node in self.buffers]
         self.flusher.adopt(found.batches)
         for poll_id, options in found.loose.items():
             node = self.store.node_for(poll_id)

@@ -9,7 +9,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from app.api import bulk, handlers
 from app.api.deps import ServiceDep, SettingsDep
-from app.api.responses import ERRORS, to_response
+from app.api.responses import ERRORS, read_request_body, to_response
 from app.api.validation import ID_MAX, ID_PATTERN, MAX_VOTE_BODY
 from app.schemas.polls import BulkAccepted, BulkVote, Message, VoteAccepted, VoteRequest
 
@@ -55,9 +55,7 @@ async def cast_vote(poll_id: PollId, request: Request, service: ServiceDep) -> R
     """Counts one vote for `option_id` in the poll. The vote is acknowledged once it is held
     by the service; it reaches Redis with the next batch flush (or at once when batching is
     off). Answers 503 with `Retry-After` when the poll's node has too large a backlog."""
-    body = await handlers.read_body(
-        request.receive, MAX_VOTE_BODY, request.headers.get("content-length", "").encode() or None
-    )
+    body = await read_request_body(request, MAX_VOTE_BODY)
     return to_response(await handlers.vote(service, poll_id, body))
 
 
@@ -91,16 +89,9 @@ async def ingest_votes(request: Request, service: ServiceDep, settings: Settings
     """Adds up to 10,000 `{poll_id, option_id, count}` entries, all or nothing. Needs
     `Authorization: Bearer <API_TOKEN>`; with no token configured the endpoint is off (404)."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    async def body(limit: int) -> bytes | None:
+        return await read_request_body(request, limit)
+
     authorization = request.headers.get("authorization")
-    body = None
-    if token is not None and bulk.authorised(
-        token, authorization.encode() if authorization else None
-    ):
-        length = request.headers.get("content-length")
-        body = await handlers.read_body(
-            request.receive, bulk.MAX_BULK_BODY, length.encode() if length else None
-        )
-    reply = await bulk.ingest(
-        service, token, authorization.encode() if authorization else None, body
-    )
-    return to_response(reply)
+    return to_response(await bulk.ingest(service, token, authorization, body))
