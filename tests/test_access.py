@@ -12,7 +12,7 @@ import trustme
 from app.api.bulk import authorised
 from app.core.config import load_settings
 from tests.conftest import NodeFactory, running_app, settings_for, stored_counts
-from tests.tls_proxy import TlsProxy
+from tests.proxies import Proxy
 
 
 async def test_rediss_with_password_through_real_tls(
@@ -24,7 +24,7 @@ async def test_rediss_with_password_through_real_tls(
     ca.issue_cert("127.0.0.1").configure_cert(context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    proxy = await TlsProxy(node.port, context).start()
+    proxy = await Proxy(node.port, tls=context).start()
     try:
         settings = load_settings(
             redis_nodes=f"secure=rediss://:pa55word@127.0.0.1:{proxy.port}",
@@ -38,7 +38,7 @@ async def test_rediss_with_password_through_real_tls(
             assert r.json() == {"poll_id": "p", "results": {"A": 1}, "served_via": "secure"}
             health = (await client.get("/api/v1/health")).json()
             assert health["nodes"][0]["url"] == f"rediss://:***@127.0.0.1:{proxy.port}"
-        assert proxy.handshakes >= 1
+        assert proxy.connections >= 1
         assert stored_counts(node, "p") == {"A": 1}
     finally:
         await proxy.stop()
@@ -48,7 +48,7 @@ async def test_rediss_rejects_a_node_it_cannot_verify(start_node: NodeFactory) -
     node = start_node()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     trustme.CA().issue_cert("127.0.0.1").configure_cert(context)  # a CA the service lacks
-    proxy = await TlsProxy(node.port, context).start()
+    proxy = await Proxy(node.port, tls=context).start()
     try:
         settings = load_settings(
             redis_nodes=f"rediss://127.0.0.1:{proxy.port}",

@@ -15,7 +15,7 @@ import pytest
 
 from app.devtools.local_nodes import LocalNode
 from tests.conftest import NodeFactory, ServiceProcess, running_app, settings_for, stored_counts
-from tests.reply_cutting_proxy import ReplyCuttingProxy
+from tests.proxies import ReplyCuttingProxy
 
 StartService = Callable[..., ServiceProcess]
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 from app.core.config import load_settings
 from tests.conftest import NodeFactory, running_app, settings_for, stored_counts
-from tests.reply_cutting_proxy import ReplyCuttingProxy
+from tests.proxies import ReplyCuttingProxy
 
 
 async def test_batches_whose_replies_are_cut_are_counted_once(start_node: NodeFactory) -> None:

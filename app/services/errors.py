@@ -4,8 +4,10 @@ from __future__ import annotations
 
 
 class VoteRejected(Exception):
+    """The request cannot be served now: 503 with `Retry-After` unless a subclass says else."""
+
     status = 503
-    retry_after: int | None = None
+    retry_after: int | None = 5
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -14,23 +16,20 @@ class VoteRejected(Exception):
 
 class TooManyOptions(VoteRejected):
     status = 422
+    retry_after = None
 
 
 class BacklogFull(VoteRejected):
-    status = 503
-    retry_after = 5
+    """The poll's node holds too many polls waiting for a flush."""
 
 
 class ShuttingDown(VoteRejected):
-    status = 503
-    retry_after = 5
+    """The service is flushing before it exits."""
 
 
 class JournalUnavailable(VoteRejected):
-    status = 503
-    retry_after = 5
+    """The write-ahead journal could not be written."""
 
 
 class ResultsUnavailable(VoteRejected):
-    status = 503
-    retry_after = 5
+    """The poll's node is down and no snapshot is cached."""
