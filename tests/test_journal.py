@@ -87,9 +87,10 @@ async def test_kill_9_under_load_keeps_every_acknowledged_vote(
     }
     service = start_service(env)
     load = asyncio.create_task(vote_concurrently(service.url, 10, 30, 10_000))
-    while stored_everywhere(two_nodes, "p1") == {}:  # some batches have landed
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # keep voting a little while flushes run, then crash mid-load
+    landed = 0
+    while landed < 2_000:  # crash mid-load, once several batches have landed
+        await asyncio.sleep(0.02)
+        landed = sum(sum(stored_everywhere(two_nodes, f"p{i}").values()) for i in range(10))
     crash(service)
     acknowledged, unanswered = await load
     assert unanswered > 0  # the crash cut requests off

@@ -31,6 +31,7 @@ def main() -> None:
             started.append(node.start())
             print(f"node redis_{node.port} listening on {node.url} (data in {node.data_dir})")
         print(f"service on http://127.0.0.1:{port}  (docs: http://127.0.0.1:{port}/docs)")
+        print(f"journal: {settings.journal_dir} (fsync {settings.journal_fsync})")
         print(f"workers: {settings.workers}; Ctrl-C stops everything")
         uvicorn.run(
             "app.main:create_app",
