@@ -172,3 +172,20 @@ async def test_batches_for_a_node_no_longer_configured_stay_on_disk(
         assert (await client.get("/api/v1/results/p")).json()["results"] == {}
     assert sealed.exists()
     assert "2 votes are for nodes no longer configured (['gone'])" in caplog.text
+
+
+async def test_a_journal_that_cannot_seal_loses_no_votes(
+    start_node: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node()
+    settings = settings_for([node], journal_dir=str(tmp_path / "j"))
+    async with running_app(settings) as (client, service):
+        await client.post("/api/v1/vote/p", json={"option_id": "A"})
+
+        def disk_full(node: str, batches: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        assert service.journal is not None
+        monkeypatch.setattr(service.journal, "seal", disk_full)
+        assert await service.flusher.flush() == 1
+    assert stored_counts(node, "p") == {"A": 1}

@@ -111,9 +111,12 @@ class Flusher:
             if not counts:
                 return 0, 0
             batches = self._make_batches(node, counts)
+            self.in_flight[node] = batches  # first: whatever happens next, they are held
             if self.journal is not None:
-                self.journal.seal(node, batches)
-            self.in_flight[node] = batches
+                try:
+                    self.journal.seal(node, batches)
+                except OSError as exc:  # the votes stay in memory and in their segment
+                    logger.error("journal: could not seal batches for %s: %s", node, exc)
         self.round_trips += 1
         try:
             await self.store.apply(batches)

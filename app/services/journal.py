@@ -188,7 +188,7 @@ class Journal:
     def seal(self, node: str, batches: list[Batch]) -> None:
         """The node's buffer was swapped into `batches`: make them durable in one file, then
         drop the segment that held the same votes. Runs in the same step as the swap."""
-        segment = self._open.pop(node, None)
+        segment = self._open.get(node)
         first = batches[0]
         path = self.directory / f"sealed-{first.flusher_id}-{first.seq}.json"
         tmp = path.with_suffix(".tmp")
@@ -206,6 +206,7 @@ class Journal:
         os.replace(tmp, path)
         _fsync_dir(self.directory)
         self._sealed_files[first.flusher_id, first.seq] = path
+        self._open.pop(node, None)
         if segment is not None:
             with self._fd_lock:
                 os.close(segment.fd)
