@@ -69,7 +69,7 @@ async def read_body(receive: Receive, limit: int, content_length: bytes | None) 
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks)  # client went away; the caller answers into the void
+            return b""  # client went away mid-body: count nothing
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

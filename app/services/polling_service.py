@@ -143,10 +143,13 @@ class PollingService:
                 )
             known.add(option_id)
 
-    def _admit(self, poll_id: str, option_id: str) -> tuple[str, VoteBuffer]:
-        """Checks a vote may be taken; returns its node and the buffer it goes into."""
+    def _check_accepting(self) -> None:
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
+
+    def _admit(self, poll_id: str, option_id: str) -> tuple[str, VoteBuffer]:
+        """Checks a vote may be taken; returns its node and the buffer it goes into."""
+        self._check_accepting()
         node = self.store.node_for(poll_id)
         buffer = self.buffers[node]
         if buffer.polls >= self.max_pending_polls and not buffer.has_poll(poll_id):
@@ -186,8 +189,7 @@ class PollingService:
     def vote_many(self, counts: Counts) -> int:
         """Bulk ingestion, all or nothing: every poll is checked before any vote is counted.
         Returns the number of votes taken."""
-        if not self.accepting:
-            raise ShuttingDown("the service is shutting down and takes no more votes")
+        self._check_accepting()
         routed = [
             (poll_id, options, self.store.node_for(poll_id)) for poll_id, options in counts.items()
         ]
