@@ -111,3 +111,21 @@ async def test_full_backlog_answers_503_with_retry_after() -> None:
         assert service.pending_votes() == 3
         await service.flusher.flush()
         assert (await client.post("/api/v1/vote/c", json={"option_id": "A"})).status_code == 200
+
+
+async def test_client_leaving_mid_body_counts_nothing() -> None:
+    from app.api.handlers import read_body, vote
+
+    messages = [
+        {"type": "http.request", "body": b'{"option_id": "A"}', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    body = await read_body(receive, 1024, None)
+    assert body == b""
+    async with running_app(settings_for(None)) as (_, service):
+        status, _, _ = await vote(service, "p", body)
+        assert status == 422 and service.pending_votes() == 0
