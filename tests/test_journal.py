@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.core.config import load_settings
 from app.devtools.local_nodes import LocalNode
 from tests.conftest import NodeFactory, ServiceProcess, running_app, settings_for, stored_counts
 from tests.proxies import ReplyCuttingProxy
@@ -189,3 +190,19 @@ async def test_a_journal_that_cannot_seal_loses_no_votes(
         monkeypatch.setattr(service.journal, "seal", disk_full)
         assert await service.flusher.flush() == 1
     assert stored_counts(node, "p") == {"A": 1}
+
+
+async def test_a_restart_with_fewer_workers_recovers_every_slot(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = start_node()
+    for index, poll in [(0, "p"), (1, "q"), (2, "r")]:  # three workers' leftovers
+        slot = tmp_path / "j" / f"slot-{index}"
+        slot.mkdir(parents=True)
+        (slot / f"votes-w{index}-n-1.log").write_text(f"{poll}\tA\t2\n")
+    settings = load_settings(
+        redis_nodes=f"n={node.url}", journal_dir=str(tmp_path / "j"), batch_interval_seconds=3600
+    )
+    async with running_app(settings):
+        pass  # one worker starts, recovers, and flushes on the way out
+    assert [stored_counts(node, poll) for poll in "pqr"] == [{"A": 2}] * 3

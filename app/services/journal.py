@@ -13,7 +13,8 @@ Files in `JOURNAL_DIR`:
   any it had already applied.
 
 Each process takes a slot folder (`slot-0`, `slot-1`, ...) under an exclusive lock, so
-several workers can share `JOURNAL_DIR`; a restarted process recovers the slot it takes.
+several workers can share `JOURNAL_DIR`. At start it also moves into its own slot whatever is
+in slots no running process holds, so a restart with fewer workers recovers everything.
 """
 
 from __future__ import annotations
@@ -76,24 +77,47 @@ class Journal:
 
     # -- start and stop --------------------------------------------------------------------
 
+    @staticmethod
+    def _lock(slot: Path) -> int | None:
+        """An exclusive lock on the slot, or None if a running process holds it."""
+        slot.mkdir(parents=True, exist_ok=True)
+        fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
     def _take_slot(self) -> None:
         for index in range(1024):
             slot = self.root / f"slot-{index}"
-            slot.mkdir(parents=True, exist_ok=True)
-            fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.directory, self._lock_fd = slot, fd
-            return
+            fd = self._lock(slot)
+            if fd is not None:
+                self.directory, self._lock_fd = slot, fd
+                return
         raise RuntimeError(f"no free journal slot under {self.root}")
+
+    def _adopt_free_slots(self) -> None:
+        """Move the files of every slot no running process holds into ours. Names are
+        unique (journal and flusher ids), so nothing is overwritten."""
+        for slot in self.root.glob("slot-*"):
+            if slot == self.directory:
+                continue
+            fd = self._lock(slot)
+            if fd is None:
+                continue
+            try:
+                for path in [*slot.glob("sealed-*.json"), *slot.glob("votes-*.log")]:
+                    path.rename(self.directory / path.name)
+            finally:
+                os.close(fd)
 
     def recover(self) -> Recovered:
         """Take a slot and read what an earlier process left in it; segments that were
         already sealed are deleted."""
         self._take_slot()
+        self._adopt_free_slots()
         found = Recovered()
         sealed: set[str] = set()
         for path in sorted(self.directory.glob("sealed-*.json")):
