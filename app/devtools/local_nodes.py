@@ -4,7 +4,6 @@ the test suite and the benchmark."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -113,11 +112,3 @@ class LocalNode:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def environment_for(nodes: list[LocalNode], labels: list[str] | None = None) -> dict[str, str]:
-    entries = [
-        f"{label}={node.url}" if labels else node.url
-        for label, node in zip(labels or [""] * len(nodes), nodes, strict=True)
-    ]
-    return {**os.environ, "REDIS_NODES": ",".join(entries)}

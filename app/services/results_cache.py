@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.storage.base import Batch, Snapshot
+from app.storage.base import Batch, Snapshot, holds
 
 
 @dataclass
@@ -16,7 +16,7 @@ class CacheEntry:
     stored_at: float
 
     def holds(self, batch: Batch) -> bool:
-        return batch.seq <= self.applied.get(batch.flusher_id, 0)
+        return holds(self.applied, batch)
 
 
 class ResultsCache:

@@ -26,6 +26,11 @@ class Batch:
         return sum(sum(options.values()) for options in self.counts.values())
 
 
+def holds(applied: dict[str, int], batch: Batch) -> bool:
+    """Whether counts read with these high-water marks already include `batch`."""
+    return batch.seq <= applied.get(batch.flusher_id, 0)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A poll's stored counts, and for each flusher asked about, the highest batch seq the
@@ -35,7 +40,7 @@ class Snapshot:
     applied: dict[str, int] = field(default_factory=dict)
 
     def holds(self, batch: Batch) -> bool:
-        return batch.seq <= self.applied.get(batch.flusher_id, 0)
+        return holds(self.applied, batch)
 
 
 class NodeUnavailable(Exception):
