@@ -48,15 +48,17 @@ def build_service(settings: Settings) -> PollingService:
         batch_max_votes=settings.batch_max_votes,
         cache=ResultsCache(settings.cache_ttl_seconds, settings.cache_max_polls),
         max_options_per_poll=settings.max_options_per_poll,
-        max_pending_polls_per_node=settings.max_pending_polls_per_node,
+        max_pending_pairs_per_node=settings.max_pending_pairs_per_node,
         shutdown_flush_seconds=settings.shutdown_flush_seconds,
         journal=build_journal(settings),
     )
 
 
 def build_journal(settings: Settings) -> Journal | None:
-    """The write-ahead journal, when a folder is set and votes are batched."""
-    if not settings.journal_dir or settings.batch_interval_seconds <= 0:
+    """The write-ahead journal, when a folder is set. A write-through service appends
+    nothing to it (its answers wait for the node) but still replays what a batching run
+    left there."""
+    if not settings.journal_dir:
         return None
     return Journal(Path(settings.journal_dir), settings.journal_fsync)
 
@@ -107,8 +109,10 @@ def create_api(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            await service.stop()
-            logger.info("stopped: all held votes flushed")
+            if await service.stop():
+                logger.info("stopped: all held votes flushed")
+            else:
+                logger.error("stopped with votes not flushed (see above)")
 
     # FastAPIOffline: the same FastAPI app, with /docs and /redoc served from the package
     # rather than a CDN, so the docs work on a laptop at a venue without internet.

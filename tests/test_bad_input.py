@@ -100,7 +100,7 @@ async def test_votes_after_shutdown_began_get_503() -> None:
 
 
 async def test_full_backlog_answers_503_with_retry_after() -> None:
-    async with running_app(settings_for(None, max_pending_polls_per_node=2)) as (client, service):
+    async with running_app(settings_for(None, max_pending_pairs_per_node=2)) as (client, service):
         for poll in ["a", "b", "a"]:
             assert (
                 await client.post(f"/api/v1/vote/{poll}", json={"option_id": "A"})

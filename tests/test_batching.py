@@ -12,7 +12,7 @@ import pytest
 
 from app.devtools.local_nodes import LocalNode
 from app.services.polling_service import PollingService
-from app.storage.base import Batch, NodeUnavailable
+from app.storage.base import Applied, Batch, NodeUnavailable
 from tests.conftest import NodeFactory, running_app, settings_for, stored_counts
 
 
@@ -24,8 +24,9 @@ async def test_votes_are_taken_while_the_node_is_down(start_node: NodeFactory) -
     node = start_node()
     settings = settings_for([node], shutdown_flush_seconds=0)
     async with running_app(settings) as (client, service):
+        await client.post("/api/v1/vote/7", json={"option_id": "A"})  # the option is known
         node.kill()
-        for _ in range(5):
+        for _ in range(4):
             r = await client.post("/api/v1/vote/7", json={"option_id": "A"})
             assert r.status_code == 200
         assert service.pending_votes() == 5
@@ -40,9 +41,9 @@ async def test_flush_sends_one_apply_per_node_and_logs_one_line(
         calls: list[str] = []
         real_apply = service.store.apply
 
-        async def counting_apply(batches: list[Batch]) -> None:
+        async def counting_apply(batches: list[Batch]) -> Applied:
             calls.append(batches[0].node)
-            await real_apply(batches)
+            return await real_apply(batches)
 
         service.store.apply = counting_apply  # type: ignore[method-assign]
         with caplog.at_level(logging.INFO, logger="app.flusher"):
@@ -61,10 +62,11 @@ async def test_read_counts_a_batch_in_flight_exactly_once(start_node: NodeFactor
         real_apply = service.store.apply
         applied, release = asyncio.Event(), asyncio.Event()
 
-        async def apply_then_wait(batches: list[Batch]) -> None:
-            await real_apply(batches)  # on the node now, but not yet confirmed to the flusher
+        async def apply_then_wait(batches: list[Batch]) -> Applied:
+            done = await real_apply(batches)  # on the node now, not yet confirmed to the flusher
             applied.set()
             await release.wait()
+            return done
 
         service.store.apply = apply_then_wait  # type: ignore[method-assign]
         flush = asyncio.create_task(service.flusher.flush())
@@ -94,6 +96,7 @@ async def test_failed_flush_keeps_its_batch_and_retries_it_unchanged(
 ) -> None:
     node = start_node(persist=True)
     async with running_app(settings_for([node])) as (client, service):
+        await service.register({"p": ["A", "B"]})  # options are known before the node stops
         for _ in range(4):
             await client.post("/api/v1/vote/p", json={"option_id": "A"})
         node.stop()
@@ -117,11 +120,12 @@ async def test_batch_retried_after_a_lost_reply_counts_once(start_node: NodeFact
         real_apply = service.store.apply
         replies_lost = [2]
 
-        async def apply_reply_lost(batches: list[Batch]) -> None:
-            await real_apply(batches)
+        async def apply_reply_lost(batches: list[Batch]) -> Applied:
+            done = await real_apply(batches)
             if replies_lost[0]:
                 replies_lost[0] -= 1
                 raise NodeUnavailable(batches[0].node, "redis://x", "reply lost")
+            return done
 
         service.store.apply = apply_reply_lost  # type: ignore[method-assign]
         assert await service.flusher.flush() == 0

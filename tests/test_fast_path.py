@@ -54,7 +54,7 @@ Answer = tuple[int, bytes, str | None, str | None]
 async def _answers(fast: bool, sequence: list[tuple[str, str, bytes]]) -> list[Answer]:
     answers: list[Answer] = []
     config = settings_for(
-        None, fast_vote_path=fast, max_options_per_poll=3, max_pending_polls_per_node=4
+        None, fast_vote_path=fast, max_options_per_poll=3, max_pending_pairs_per_node=4
     )
     async with running_app(config) as (client, _):
         for method, poll, body in sequence:

@@ -183,11 +183,17 @@ async def test_a_journal_that_cannot_seal_loses_no_votes(
     async with running_app(settings) as (client, service):
         await client.post("/api/v1/vote/p", json={"option_id": "A"})
 
-        def disk_full(node: str, batches: object) -> None:
+        def disk_full(unit: object) -> None:
             raise OSError(28, "No space left on device")
 
         assert service.journal is not None
+        real_seal = service.journal.seal
         monkeypatch.setattr(service.journal, "seal", disk_full)
+        assert await service.flusher.flush() == 0  # not sealed: not sent
+        assert stored_counts(node, "p") == {}
+        assert service.flusher.in_flight_votes() == 1
+        assert (await client.get("/api/v1/results/p")).json()["results"] == {"A": 1}
+        monkeypatch.setattr(service.journal, "seal", real_seal)
         assert await service.flusher.flush() == 1
     assert stored_counts(node, "p") == {"A": 1}
 

@@ -14,11 +14,11 @@ async def test_flood_of_reads_keeps_the_cache_and_option_sets_capped() -> None:
             await client.post(f"/api/v1/vote/v{i}", json={"option_id": "A"})
             assert (await client.get(f"/api/v1/results/r{i}")).status_code == 200
         assert len(service.cache) == 50
-        assert len(service._options) <= 50
+        assert len(service.options) <= 50
 
 
 async def test_flood_of_votes_stops_at_the_backlog_cap() -> None:
-    async with running_app(settings_for(None, max_pending_polls_per_node=100)) as (client, service):
+    async with running_app(settings_for(None, max_pending_pairs_per_node=100)) as (client, service):
         statuses = [
             (await client.post(f"/api/v1/vote/{i}", json={"option_id": "A"})).status_code
             for i in range(150)

@@ -57,6 +57,7 @@ async def test_node_stopped_and_restarted_under_load_loses_nothing(start_node: N
                 acknowledged[poll, option] += 1
                 await asyncio.sleep(0)
 
+        await service.register({poll: list("ABCD") for poll in polls})
         voters = [asyncio.create_task(voter(s)) for s in range(20)]
         flushes = service.flusher.flushes
         while service.flusher.flushes < flushes + 3:

@@ -116,12 +116,17 @@ async def ingest(
     problem = _first_problem(entries)
     if problem:
         return invalid_reply([problem])
+    counts = _aggregate(entries)
     try:
-        total = service.vote_many(_aggregate(entries))
-        if service.waits_for_disk:
-            await service.commit()
+        unknown = service.unknown_options(counts)
+        if unknown:
+            await service.register(unknown)
         if service.write_through:
-            await service.flusher.flush()
+            total = await service.vote_write_through(counts)
+        else:
+            total = service.vote_many(counts)
+            if service.waits_for_disk:
+                await service.commit()
     except VoteRejected as exc:
         return rejected_reply(exc)
     return json_reply(200, {"status": "success", "entries": len(entries), "votes": total})

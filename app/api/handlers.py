@@ -45,7 +45,7 @@ def rejected_reply(exc: VoteRejected) -> Reply:
     if isinstance(exc, TooManyOptions):
         return invalid_reply([error(["body", "option_id"], exc.message, "too_many_options")])
     headers = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
-    return json_reply(exc.status, {"detail": exc.message}, headers)
+    return json_reply(exc.status, {"detail": exc.message, "type": exc.kind}, headers)
 
 
 async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes | None:
@@ -94,8 +94,10 @@ async def vote(service: PollingService, poll_id: str, body: bytes | None) -> Rep
     if problems:
         return invalid_reply(problems)
     try:
+        if not service.options.knows(poll_id, option_id):
+            await service.register({poll_id: [option_id]})
         if service.write_through:
-            await service.vote_write_through(poll_id, option_id)
+            await service.vote_write_through({poll_id: {option_id: 1}})
         else:
             service.vote(poll_id, option_id)
             if service.waits_for_disk:

@@ -1,13 +1,16 @@
-"""Errors the service raises for a request; the API maps each to one status code."""
+"""Errors the service raises for a request; the API maps each to one status code and an
+error `type`, so a client can tell "not counted, retry" from "outcome unknown"."""
 
 from __future__ import annotations
 
 
 class VoteRejected(Exception):
-    """The request cannot be served now: 503 with `Retry-After` unless a subclass says else."""
+    """The request cannot be served now: 503 with `Retry-After` unless a subclass says else.
+    Nothing was counted."""
 
     status = 503
     retry_after: int | None = 5
+    kind = "unavailable"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -17,19 +20,49 @@ class VoteRejected(Exception):
 class TooManyOptions(VoteRejected):
     status = 422
     retry_after = None
+    kind = "too_many_options"
 
 
 class BacklogFull(VoteRejected):
-    """The poll's node holds too many polls waiting for a flush."""
+    """The poll's node holds too many (poll, option) pairs waiting for a flush."""
+
+    kind = "backlog_full"
+
+
+class LargerThanBacklog(VoteRejected):
+    """A bulk request that alone holds more pairs for a node than the backlog cap."""
+
+    status = 413
+    retry_after = None
+    kind = "larger_than_backlog"
 
 
 class ShuttingDown(VoteRejected):
     """The service is flushing before it exits."""
 
+    kind = "shutting_down"
+
 
 class JournalUnavailable(VoteRejected):
-    """The write-ahead journal could not be written."""
+    """The write-ahead journal could not be written; the failed write was undone."""
+
+    kind = "journal_unavailable"
+
+
+class NodeDown(VoteRejected):
+    """The poll's node could not be reached, and the request certainly did not reach it."""
+
+    kind = "node_unavailable"
+
+
+class OutcomeUnknown(VoteRejected):
+    """The votes may or may not have been counted (a reply was lost, an fsync or an undo
+    failed). Retrying may count them twice unless the request carries an idempotency key."""
+
+    kind = "outcome_unknown"
 
 
 class ResultsUnavailable(VoteRejected):
     """The poll's node is down and no snapshot is cached."""
+
+    kind = "node_unavailable"

@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Callable
 
-from app.services.journal import Journal
+from app.services.journal import Journal, SealUnit
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Batch, Counts, NodeUnavailable, Store
 
 logger = logging.getLogger("app.flusher")
 
 MAX_POLLS_PER_BATCH = 1_000
+MAX_SET_ASIDE_SHOWN = 100  # polls named per node in /health
+
+
+def chain(batches: list[Batch]) -> list[Batch]:
+    """Give each batch the seq of the batch of the same flusher before it in the list, so
+    the node applies them in order (see `Batch.prev`)."""
+    last: dict[str, int] = {}
+    chained = []
+    for batch in batches:
+        chained.append(dataclasses.replace(batch, prev=last.get(batch.flusher_id, 0)))
+        last[batch.flusher_id] = batch.seq
+    return chained
 
 
 class Flusher:
     """Every interval (or sooner when woken): for each node, swap its buffer into batches
     and apply them, all nodes in parallel, one pipeline per node.
 
-    A node holds at most one unconfirmed list of batches. Until the node confirms it, the
-    same batches (same ids, same contents) are retried on every flush and the node's new
-    votes wait in its buffer; other nodes carry on. Only once the store confirms a list do
-    its votes leave "in flight", and `on_landed` runs in that same synchronous step.
+    A node holds at most one unconfirmed list of batches. With the journal on, the list is
+    sent only once sealed (on disk with its ids): a seal that fails is retried first on the
+    next flush. Until the node confirms the list, the same batches (same ids, same
+    contents) are retried on every flush and the node's new votes wait in its buffer; other
+    nodes carry on. Only once the store confirms a list do its votes leave "in flight", and
+    `on_landed` runs in that same synchronous step.
     """
 
     def __init__(
@@ -43,12 +58,17 @@ class Flusher:
         self.on_landed = on_landed
         self.flusher_id = flusher_id or uuid.uuid4().hex
         self.in_flight: dict[str, list[Batch]] = {}
+        self.held_pairs: dict[str, int] = {}  # node -> (poll, option) pairs in flight
         self.journal = journal
         # node -> flusher id -> seq of the last batch confirmed (ours, and any recovered)
         self.last_confirmed: dict[str, dict[str, int]] = {}
         self.down: dict[str, str] = {}  # node -> last error, while its flushes fail
+        self.unsealed: dict[str, str] = {}  # node -> why its batches could not be sealed
+        self.set_aside: dict[str, set[str]] = {}  # node -> polls stored in their aside key
         self.flushes = 0
         self.round_trips = 0  # store.apply calls: one pipeline to one node each
+        self._units: dict[str, list[SealUnit]] = {}  # node -> units to seal before sending
+        self.checked: set[str] = set()  # nodes whose eviction policy was checked
         self._seq = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -77,10 +97,26 @@ class Flusher:
             except Exception:  # a bug must not stop the flusher for good; the batch is kept
                 logger.exception("flush failed")
 
-    def adopt(self, batches: list[Batch]) -> None:
-        """Take over batches recovered from the journal; they are retried like our own."""
+    def next_batches(self, node: str, counts: Counts) -> list[Batch]:
+        """New batches of ours for `counts`, at most MAX_POLLS_PER_BATCH polls each."""
+        batches = []
+        polls = list(counts.items())
+        for start in range(0, len(polls), MAX_POLLS_PER_BATCH):
+            self._seq += 1
+            chunk = dict(polls[start : start + MAX_POLLS_PER_BATCH])
+            batches.append(Batch(self.flusher_id, self._seq, node, chunk))
+        return batches
+
+    def adopt(self, batches: list[Batch], unit: SealUnit | None = None) -> None:
+        """Take over batches (recovered from the journal): they are retried like our own,
+        and when `unit` is given, only once it is sealed."""
         for batch in batches:
             self.in_flight.setdefault(batch.node, []).append(batch)
+        for node in {b.node for b in batches}:
+            self.in_flight[node] = chain(self.in_flight[node])
+            self.held_pairs[node] = sum(b.pairs for b in self.in_flight[node])
+            if unit is not None:
+                self._units.setdefault(node, []).append(unit)
 
     def flusher_ids(self, node: str) -> list[str]:
         """Whose high-water marks a read of this node must fetch."""
@@ -95,40 +131,74 @@ class Flusher:
     def has_work(self) -> bool:
         return bool(self.in_flight) or any(b.votes for b in self.buffers.values())
 
-    def _make_batches(self, node: str, counts: Counts) -> list[Batch]:
-        batches = []
-        polls = list(counts.items())
-        for start in range(0, len(polls), MAX_POLLS_PER_BATCH):
-            self._seq += 1
-            chunk = dict(polls[start : start + MAX_POLLS_PER_BATCH])
-            batches.append(Batch(self.flusher_id, self._seq, node, chunk))
+    def _take(self, node: str) -> list[Batch]:
+        """Swap the node's buffer into batches and, in the same step, detach the journal
+        segments that hold exactly those votes."""
+        counts = self.buffers[node].swap()
+        if not counts:
+            return []
+        batches = chain(self.next_batches(node, counts))
+        self.in_flight[node] = batches  # first: whatever happens next, they are held
+        self.held_pairs[node] = sum(b.pairs for b in batches)
+        if self.journal is not None:
+            self._units[node] = [SealUnit(batches, self.journal.detach(node))]
         return batches
 
-    async def _flush_node(self, node: str) -> tuple[int, int]:
-        batches = self.in_flight.get(node)
-        if not batches:
-            counts = self.buffers[node].swap()
-            if not counts:
-                return 0, 0
-            batches = self._make_batches(node, counts)
-            self.in_flight[node] = batches  # first: whatever happens next, they are held
-            if self.journal is not None:
+    def _sealed(self, node: str) -> bool:
+        """Seal what must be sealed before the node's batches may be sent."""
+        assert self.journal is not None or not self._units.get(node)
+        for unit in list(self._units.get(node, [])):
+            if not unit.sealed:
                 try:
-                    self.journal.seal(node, batches)
-                except OSError as exc:  # the votes stay in memory and in their segment
-                    logger.error("journal: could not seal batches for %s: %s", node, exc)
-        self.round_trips += 1
+                    self.journal.seal(unit)  # type: ignore[union-attr]
+                except OSError as exc:
+                    if node not in self.unsealed:
+                        logger.error("journal: cannot seal batches for %s (%s); held", node, exc)
+                    self.unsealed[node] = str(exc)
+                    return False
+            for other in {b.node for b in unit.batches}:
+                with contextlib.suppress(ValueError):
+                    self._units.get(other, []).remove(unit)
+        self.unsealed.pop(node, None)
+        return True
+
+    def _failed(self, node: str, exc: NodeUnavailable, batches: list[Batch]) -> None:
+        if self.down.get(node) != str(exc):
+            votes = sum(b.votes for b in batches)
+            logger.warning("%s; holding %d votes, will retry", exc, votes)
+        self.down[node] = str(exc)
+
+    async def _send(self, node: str, batches: list[Batch]) -> bool:
         try:
-            await self.store.apply(batches)
+            if node not in self.checked:
+                await self.store.check_node(node)
+                self.checked.add(node)
+            self.round_trips += 1
+            applied = await self.store.apply(batches)
         except NodeUnavailable as exc:
-            if node not in self.down:
-                logger.warning(
-                    "%s; holding %d votes, will retry", exc, sum(b.votes for b in batches)
+            self._failed(node, exc, batches)
+            return False
+        if applied.set_aside:
+            aside = self.set_aside.setdefault(node, set())
+            new = [p for p in applied.set_aside if p not in aside]
+            if new:
+                logger.error(
+                    "node %s: the stored counts of polls %s are unusable (wrong type or not "
+                    "a number); their votes are kept in poll:{id}:aside keys",
+                    node,
+                    new[:10],
                 )
-            self.down[node] = str(exc)
+            if len(aside) < MAX_SET_ASIDE_SHOWN:
+                aside.update(new[: MAX_SET_ASIDE_SHOWN - len(aside)])
+        return True
+
+    async def _flush_node(self, node: str) -> tuple[int, int]:
+        batches = self.in_flight.get(node) or self._take(node)
+        if not batches or not self._sealed(node) or not await self._send(node, batches):
             return 0, 0
         # Confirmed: leave "in flight" and update the cache in one step (no await between).
         del self.in_flight[node]
+        self.held_pairs.pop(node, None)
         confirmed = self.last_confirmed.setdefault(node, {})
         for batch in batches:
             confirmed[batch.flusher_id] = batch.seq
@@ -158,7 +228,7 @@ class Flusher:
                 polls,
                 landed_nodes,
                 (time.perf_counter() - started) * 1000,
-                f"; {held} votes held for {sorted(self.down)}" if held else "",
+                f"; {held} votes held for {sorted({*self.down, *self.unsealed})}" if held else "",
             )
             return votes
 
@@ -173,3 +243,12 @@ class Flusher:
                 return False
             await asyncio.sleep(0.2)  # a node is down: retry at a modest pace until the deadline
         return True
+
+    async def forget_marks(self) -> None:
+        """After a full drain with nothing left on disk: no journal or flusher can send
+        batches under these ids any more, so their marks can go from the nodes."""
+        for node, confirmed in self.last_confirmed.items():
+            try:
+                await self.store.forget_marks(node, sorted(confirmed))
+            except NodeUnavailable as exc:
+                logger.warning("could not delete marks on %s: %s", node, exc)

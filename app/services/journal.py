@@ -1,20 +1,25 @@
 """Write-ahead journal: accepted votes on local disk until the node confirms them.
 
-Files in `JOURNAL_DIR`:
-- `votes-<journal>-<node>-<n>.log`: one segment per node per buffer generation, a line per
-  vote (`poll<TAB>option<TAB>count`), written with `os.write` as the vote is taken, so a
-  crash of the process never loses it (the kernel holds it). `JOURNAL_FSYNC` says when it
-  reaches the disk: `always` before the vote is acknowledged (group commit: one fsync for
-  every vote waiting), `everysec` once a second, `off` when the kernel chooses.
+Files in a slot folder of `JOURNAL_DIR` (see journal_format.py for their contents):
+- `votes-<journal>-<node>-<n>.log`: segments, a record per vote (or per bulk request and
+  node), written with one `os.write` before the vote is acknowledged, so a crash of the
+  process never loses it (the kernel holds it). `JOURNAL_FSYNC` says when it reaches the
+  disk: `always` before the answer (group commit), `everysec` once a second, `off` when the
+  kernel chooses. A write that fails is undone (truncated away), so it changes nothing.
 - `sealed-<flusher>-<seq>.json`: when the flusher swaps a node's buffer, the batches it makes
-  are written to one such file (fsync, atomic rename) before the segment is deleted; the file
-  is deleted only after the node confirms them (a node confirms its batches together). After
-  a crash they are replayed with their original ids, so the node's high-water mark ignores
-  any it had already applied.
+  (with their ids) are written to one such file (fsync, atomic rename) *before* they are
+  sent; the file names the segments it absorbs, which are deleted after it. It is deleted
+  only once the node has confirmed all its batches, and only after those segments are gone.
 
-Each process takes a slot folder (`slot-0`, `slot-1`, ...) under an exclusive lock, so
-several workers can share `JOURNAL_DIR`. At start it also moves into its own slot whatever is
-in slots no running process holds, so a restart with fewer workers recovers everything.
+At start, `recover()` reads what an earlier process left: sealed batches keep their ids (a
+node that already applied one ignores it); votes in loose segments come back to be sealed
+into new batches. Every step of that is idempotent: the sealed file that absorbs loose
+segments is written before they are deleted, so a crash at any point neither loses nor
+doubles. Damaged lines and files are moved to `quarantine/` and counted; the rest replays.
+
+Each process takes a slot folder (`slot-0`, ...) under an exclusive lock, so several workers
+can share `JOURNAL_DIR`, and at start moves into its own slot whatever is in slots no running
+process holds, so a restart with fewer workers recovers everything.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -30,43 +34,84 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.storage.base import Batch, Counts
+from app.services.file_ops import FileOps
+from app.services.journal_format import (
+    Damaged,
+    Entry,
+    decode_sealed,
+    decode_segment,
+    encode_record,
+    encode_sealed,
+)
+from app.storage.base import Batch
 
 logger = logging.getLogger("app.journal")
+
+
+class JournalWriteFailed(OSError):
+    """An append could not be made durable. `kept` names the nodes whose records stayed on
+    disk anyway (a failed undo): those votes will be counted, so the caller counts them too
+    and says the outcome is unknown; with `kept` empty, nothing changed."""
+
+    def __init__(self, cause: OSError, kept: list[str] | None = None) -> None:
+        super().__init__(f"the vote journal could not be written: {cause}")
+        self.kept = kept or []
 
 
 @dataclass
 class Segment:
     path: Path
-    fd: int
+    fd: int | None
+    size: int = 0
+    broken: bool = False  # a failed write could not be undone: append no more here
+
+
+@dataclass
+class SealUnit:
+    """Batches and the segments that hold the same votes. Sent only once sealed: the batches
+    are in a sealed file and the segments are gone (or listed in that file)."""
+
+    batches: list[Batch]
+    segments: list[Path]
+    sealed: bool = False
+
+
+@dataclass
+class SealedFile:
+    waiting: set[tuple[str, int]]  # batches the node has not confirmed yet
+    segments: list[Path]  # absorbed segments still to delete before this file may go
 
 
 @dataclass
 class Recovered:
-    batches: list[Batch] = field(default_factory=list)
-    loose: Counts = field(default_factory=dict)  # votes journaled but never put in a batch
+    batches: list[Batch] = field(default_factory=list)  # sealed, with their original ids
+    loose: list[Entry] = field(default_factory=list)  # journaled, never sealed
     loose_files: list[Path] = field(default_factory=list)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass
+class QuarantineReport:
+    folder: str
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
 
 
 class Journal:
-    def __init__(self, root: Path, fsync: str) -> None:
+    def __init__(self, root: Path, fsync: str, files: FileOps | None = None) -> None:
         self.root = root
         self.directory = root  # the slot folder, once recover() has taken one
         self.fsync = fsync
+        self.files = files or FileOps()
         self.journal_id = uuid.uuid4().hex[:12]  # segment names never clash with leftovers
-        self._open: dict[str, Segment] = {}
+        self.quarantine = QuarantineReport(str(root / "quarantine"))
+        self._segments: dict[str, list[Segment]] = {}  # node -> current generation
         self._counter = 0
-        self._sealed_files: dict[tuple[str, int], Path] = {}  # first batch of a file -> file
+        self._sealed: dict[Path, SealedFile] = {}
+        self._file_of: dict[tuple[str, int], Path] = {}  # batch -> its sealed file
         self._lock_fd: int | None = None
+        self._adopted_locks: list[int] = []
         self._fd_lock = threading.Lock()  # an fsync in a thread never meets a closed fd
+        self._sync_error: OSError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +119,10 @@ class Journal:
     @property
     def waits_for_disk(self) -> bool:
         return self.fsync == "always"
+
+    def holds_files(self) -> bool:
+        """Whether anything of ours is still on disk (then marks must stay on the nodes)."""
+        return bool(self._sealed) or any(s.size for g in self._segments.values() for s in g)
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -98,50 +147,98 @@ class Journal:
                 return
         raise RuntimeError(f"no free journal slot under {self.root}")
 
-    def _adopt_free_slots(self) -> None:
-        """Move the files of every slot no running process holds into ours. Names are
-        unique (journal and flusher ids), so nothing is overwritten."""
-        for slot in self.root.glob("slot-*"):
+    def _adopt_free_slots(self) -> list[Path]:
+        """Lock every slot no running process holds, for as long as we run: their files are
+        recovered where they lie, so no other process can take them too."""
+        adopted = []
+        for slot in sorted(self.root.glob("slot-*")):
             if slot == self.directory:
                 continue
             fd = self._lock(slot)
-            if fd is None:
-                continue
-            try:
-                for path in [*slot.glob("sealed-*.json"), *slot.glob("votes-*.log")]:
-                    path.rename(self.directory / path.name)
-            finally:
-                os.close(fd)
+            if fd is not None:
+                self._adopted_locks.append(fd)
+                adopted.append(slot)
+        return adopted
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        """Move a damaged file into quarantine/ (its name kept: moving it twice is harmless)."""
+        folder = self.root / "quarantine"
+        logger.error("journal: %s is damaged (%s); moving it to %s", path.name, reason, folder)
+        try:
+            folder.mkdir(exist_ok=True)
+            self.files.rename(path, folder / path.name)
+        except OSError as exc:
+            logger.error("journal: could not move %s (%s); it stays and is skipped", path, exc)
+        self.quarantine.files.append(path.name)
+
+    def _keep_damaged_lines(self, path: Path, lines: list[bytes]) -> None:
+        folder = self.root / "quarantine"
+        target = folder / f"{path.name}.rejected"
+        logger.error(
+            "journal: %d damaged lines in %s, kept in %s; the rest replays",
+            len(lines),
+            path.name,
+            target,
+        )
+        self.quarantine.files.append(target.name)
+        self.quarantine.lines += len(lines)
+        try:
+            folder.mkdir(exist_ok=True)
+            self.files.write_atomically(target, b"".join(line + b"\n" for line in lines))
+        except OSError as exc:
+            logger.error("journal: could not keep the damaged lines of %s: %s", path.name, exc)
+
+    def _read(self, path: Path) -> bytes | None:
+        try:
+            return self.files.read(path)
+        except OSError as exc:
+            logger.error("journal: cannot read %s (%s); it stays for the next start", path, exc)
+            return None
 
     def recover(self) -> Recovered:
-        """Take a slot and read what an earlier process left in it; segments that were
-        already sealed are deleted."""
+        """Take a slot and read what earlier processes left in it and in free slots.
+
+        Start-up never fails on damage: damaged files and lines go to quarantine/ and the
+        rest replays. A file that cannot be read stays for the next start; if it is a
+        sealed file, loose segments wait too (it may have absorbed them)."""
         self._take_slot()
-        self._adopt_free_slots()
+        folders = [self.directory, *self._adopt_free_slots()]
+        for path in [p for folder in folders for p in folder.glob("*.tmp")]:
+            with contextlib.suppress(OSError):
+                self.files.unlink(path)
+        sealed_paths = sorted(p for folder in folders for p in folder.glob("sealed-*.json"))
+        segment_paths = sorted(p for folder in folders for p in folder.glob("votes-*.log"))
         found = Recovered()
-        sealed: set[str] = set()
-        for path in sorted(self.directory.glob("sealed-*.json")):
-            data = json.loads(path.read_text())
-            batches = [
-                Batch(b["flusher_id"], b["seq"], b["node"], b["counts"]) for b in data["batches"]
-            ]
-            self._sealed_files[batches[0].flusher_id, batches[0].seq] = path
-            found.batches += batches
-            sealed.update(data["segments"])
-        for path in sorted(self.directory.glob("votes-*.log")):
-            if path.name in sealed:
-                path.unlink()
+        absorbed: set[str] = set()
+        unread = False
+        for path in sealed_paths:
+            data = self._read(path)
+            if data is None:
+                unread = True
                 continue
-            for line in path.read_bytes().decode().splitlines(keepends=True):
-                if not line.endswith("\n"):
-                    continue  # torn last write: never acknowledged under `always`
-                poll_id, option_id, n = line.rstrip("\n").split("\t")
-                options = found.loose.setdefault(poll_id, {})
-                options[option_id] = options.get(option_id, 0) + int(n)
+            try:
+                contents = decode_sealed(data)
+            except Damaged as exc:
+                self._set_aside(path, str(exc))
+                continue
+            names = set(contents.segments)
+            self._track(path, contents.batches, [p for p in segment_paths if p.name in names])
+            found.batches += contents.batches
+            absorbed |= names
+        for path in segment_paths:
+            if path.name in absorbed or unread:
+                continue
+            data = self._read(path)
+            if data is None:
+                continue
+            segment = decode_segment(data)
+            if segment.damaged:
+                self._keep_damaged_lines(path, segment.damaged)
+            found.loose += segment.entries
             found.loose_files.append(path)
-        for path in self.directory.glob("*.tmp"):
-            path.unlink()
-        found.batches.sort(key=lambda b: (b.flusher_id, b.seq))
+        for sealed in self._sealed.values():
+            self._delete_segments(sealed)
+        found.batches.sort(key=lambda b: b.key)
         return found
 
     def start(self) -> None:
@@ -154,24 +251,84 @@ class Journal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with self._fd_lock:
-            for segment in self._open.values():
-                os.fsync(segment.fd)
-                os.close(segment.fd)
-        self._open.clear()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the slot
-            self._lock_fd = None
+            for generation in self._segments.values():
+                for segment in generation:
+                    self._close(segment, sync=True)
+        self._segments = {node: [s for s in g if s.size] for node, g in self._segments.items()}
+        self.retry_deletes()
+        for fd in [*self._adopted_locks, *([self._lock_fd] if self._lock_fd else [])]:
+            os.close(fd)  # releases the slots
+        self._adopted_locks, self._lock_fd = [], None
+
+    def _close(self, segment: Segment, sync: bool) -> None:
+        if segment.fd is None:
+            return
+        fd, segment.fd = segment.fd, None
+        try:
+            if sync and self.fsync != "off":
+                self.files.fsync(fd)
+        except OSError as exc:
+            self._sync_error = exc  # the next group commit fails its waiters
+        finally:
+            with contextlib.suppress(OSError):
+                self.files.close(fd)
+        if not segment.size:
+            with contextlib.suppress(OSError):
+                self.files.unlink(segment.path)
 
     # -- votes -----------------------------------------------------------------------------
 
-    def append(self, node: str, poll_id: str, option_id: str, n: int = 1) -> None:
-        segment = self._open.get(node)
-        if segment is None:
-            self._counter += 1
-            path = self.directory / f"votes-{self.journal_id}-{node}-{self._counter}.log"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            segment = self._open[node] = Segment(path, fd)
-        os.write(segment.fd, f"{poll_id}\t{option_id}\t{n}\n".encode())
+    def _writable(self, node: str) -> Segment:
+        generation = self._segments.setdefault(node, [])
+        if generation and generation[-1].fd is not None and not generation[-1].broken:
+            return generation[-1]
+        self._counter += 1
+        path = self.directory / f"votes-{self.journal_id}-{node}-{self._counter}.log"
+        segment = Segment(path, self.files.open_append(path))
+        generation.append(segment)
+        return segment
+
+    def _undo(self, segment: Segment, size: int) -> bool:
+        """Cut a segment back to `size` bytes; False (and no more appends there) if not."""
+        try:
+            assert segment.fd is not None
+            self.files.truncate(segment.fd, size)
+        except OSError:
+            segment.broken = True
+            return False
+        segment.size = size
+        return True
+
+    def _write(self, node: str, record: bytes) -> tuple[Segment, int]:
+        segment = self._writable(node)
+        before = segment.size
+        assert segment.fd is not None
+        try:
+            self.files.write_all(segment.fd, record)
+        except OSError:
+            self._undo(segment, before)
+            raise
+        segment.size = before + len(record)
+        return segment, before
+
+    def append(self, records: dict[str, list[Entry]]) -> None:
+        """Write each node's entries as one record, all or nothing: if one write fails, the
+        ones before it are undone, and JournalWriteFailed says which could not be."""
+        done: list[tuple[str, Segment, int]] = []
+        for node, entries in records.items():
+            try:
+                segment, before = self._write(node, encode_record(entries))
+            except OSError as exc:
+                kept = [n for n, s, size in reversed(done) if not self._undo(s, size)]
+                raise JournalWriteFailed(exc, kept) from exc
+            done.append((node, segment, before))
+
+    def append_vote(self, node: str, poll_id: str, option_id: str) -> None:
+        """One vote: the hot path's append."""
+        try:
+            self._write(node, encode_record([(poll_id, option_id, 1)]))
+        except OSError as exc:
+            raise JournalWriteFailed(exc) from exc
 
     async def commit(self) -> None:
         """Under `always`: return once everything appended so far is on disk."""
@@ -192,6 +349,9 @@ class Journal:
             waiters, self._waiters = self._waiters, []
             try:
                 await asyncio.to_thread(self.sync_open)
+                if self._sync_error is not None:
+                    error, self._sync_error = self._sync_error, None
+                    raise error
             except OSError as exc:
                 logger.error("journal fsync failed: %s", exc)
                 for waiter in waiters:
@@ -204,41 +364,67 @@ class Journal:
 
     def sync_open(self) -> None:
         with self._fd_lock:
-            for segment in list(self._open.values()):
-                os.fsync(segment.fd)
+            for generation in list(self._segments.values()):
+                for segment in generation:
+                    if segment.fd is not None:
+                        self.files.fsync(segment.fd)
 
     # -- batches ---------------------------------------------------------------------------
 
-    def seal(self, node: str, batches: list[Batch]) -> None:
-        """The node's buffer was swapped into `batches`: make them durable in one file, then
-        drop the segment that held the same votes. Runs in the same step as the swap."""
-        segment = self._open.get(node)
-        first = batches[0]
+    def detach(self, node: str) -> list[Path]:
+        """The node's buffer is being swapped: its segments hold exactly the swapped votes.
+        Close them (fsynced) and start a new generation for the votes that follow."""
+        generation = self._segments.pop(node, [])
+        with self._fd_lock:
+            for segment in generation:
+                self._close(segment, sync=True)
+        return [s.path for s in generation if s.size]
+
+    def _track(self, path: Path, batches: list[Batch], segments: list[Path]) -> None:
+        self._sealed[path] = SealedFile({b.key for b in batches}, segments)
+        for batch in batches:
+            self._file_of[batch.key] = path
+
+    def seal(self, unit: SealUnit) -> None:
+        """Make the unit's batches durable in one file that absorbs its segments, then
+        delete the segments. Raises OSError with nothing changed if the file cannot be
+        written; the unit may then be sealed again later."""
+        first = unit.batches[0]
         path = self.directory / f"sealed-{first.flusher_id}-{first.seq}.json"
-        tmp = path.with_suffix(".tmp")
-        data = {
-            "segments": [segment.path.name] if segment else [],
-            "batches": [
-                {"flusher_id": b.flusher_id, "seq": b.seq, "node": b.node, "counts": b.counts}
-                for b in batches
-            ],
-        }
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
-        self._sealed_files[first.flusher_id, first.seq] = path
-        self._open.pop(node, None)
-        if segment is not None:
-            with self._fd_lock:
-                os.close(segment.fd)
-            segment.path.unlink()
+        data = encode_sealed(unit.batches, [p.name for p in unit.segments])
+        self.files.write_atomically(path, data)
+        self._track(path, unit.batches, list(unit.segments))
+        unit.sealed = True
+        self._delete_segments(self._sealed[path])
+
+    def _delete_segments(self, sealed: SealedFile) -> None:
+        remaining = []
+        for segment in sealed.segments:
+            try:
+                self.files.unlink(segment)
+            except OSError:
+                remaining.append(segment)
+        sealed.segments = remaining
 
     def release(self, batches: list[Batch]) -> None:
-        """The node confirmed these batches: the files that held them can go."""
+        """The node confirmed these batches: a sealed file whose batches have all been
+        confirmed is deleted (after the segments it absorbed, so none can replay)."""
         for batch in batches:
-            path = self._sealed_files.pop((batch.flusher_id, batch.seq), None)
+            path = self._file_of.pop(batch.key, None)
             if path is not None:
-                path.unlink(missing_ok=True)
+                self._sealed[path].waiting.discard(batch.key)
+        self.retry_deletes()
+
+    def retry_deletes(self) -> None:
+        for path, sealed in list(self._sealed.items()):
+            if sealed.waiting:
+                continue
+            self._delete_segments(sealed)
+            if sealed.segments:
+                continue
+            try:
+                self.files.unlink(path)
+            except OSError as exc:
+                logger.warning("journal: could not delete %s yet: %s", path.name, exc)
+                continue
+            del self._sealed[path]

@@ -11,19 +11,27 @@ from dataclasses import dataclass
 from app.services.errors import (
     BacklogFull,
     JournalUnavailable,
+    LargerThanBacklog,
+    NodeDown,
+    OutcomeUnknown,
     ResultsUnavailable,
     ShuttingDown,
     TooManyOptions,
 )
 from app.services.flusher import Flusher
-from app.services.journal import Journal
+from app.services.journal import Journal, JournalWriteFailed, SealUnit
+from app.services.journal_format import Entry
+from app.services.known_options import KnownOptions
 from app.services.results_cache import CacheEntry, ResultsCache
 from app.services.vote_buffer import VoteBuffer
-from app.storage.base import Counts, NodeUnavailable, Snapshot, Store
+from app.storage.base import Counts, NodeMisconfigured, NodeUnavailable, Snapshot, Store
 
 logger = logging.getLogger("app.polling_service")
 
 READ_ATTEMPTS = 3
+# Measured with tracemalloc (tests/test_memory_caps.py): what one held (poll, option) pair
+# costs in the buffer, its batch and the journal's bookkeeping, for the /health estimate.
+BYTES_PER_PAIR = 230
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,10 @@ def _merge(base: dict[str, int], extra: dict[str, int] | None) -> None:
             base[option_id] = base.get(option_id, 0) + n
 
 
+def _entries(counts: Counts) -> list[Entry]:
+    return [(p, o, n) for p, options in counts.items() for o, n in options.items()]
+
+
 class PollingService:
     def __init__(
         self,
@@ -49,7 +61,7 @@ class PollingService:
         batch_max_votes: int,
         cache: ResultsCache,
         max_options_per_poll: int,
-        max_pending_polls_per_node: int,
+        max_pending_pairs_per_node: int,
         shutdown_flush_seconds: float = 10.0,
         journal: Journal | None = None,
     ) -> None:
@@ -58,35 +70,46 @@ class PollingService:
         self.write_through = batch_interval <= 0
         self.batch_max_votes = batch_max_votes
         self.max_options = max_options_per_poll
-        self.max_pending_polls = max_pending_polls_per_node
+        self.max_pending_pairs = max_pending_pairs_per_node
         self.shutdown_flush_seconds = shutdown_flush_seconds
         self.buffers = {node: VoteBuffer() for node in store.nodes}
         self.journal = journal
         self.flusher = Flusher(
-            store, self.buffers, batch_interval, cache.apply_batch, journal=journal
+            store, self.buffers, batch_interval or 1.0, cache.apply_batch, journal=journal
         )
+        self.options = KnownOptions(cache.max_polls)
         self.accepting = False
         self.accepted_votes = 0  # acknowledged since start, for health and the benchmark
-        # Options seen per poll (from votes and reads), to enforce the per-poll cap without I/O.
-        self._options: dict[str, set[str]] = {}
-        self._options_limit = cache.max_polls
 
     @property
     def waits_for_disk(self) -> bool:
         """Whether an accepted vote must wait for `journal.commit()` before its answer."""
-        return self.journal is not None and self.journal.waits_for_disk
+        return self.journal is not None and self.journal.waits_for_disk and not self.write_through
 
     async def start(self) -> None:
         await self.store.open()
+        await self._check_nodes()
         if self.journal is not None:
             await self._recover(self.journal)
-        if not self.write_through:
-            self.flusher.start()
+        self.flusher.start()
         self.accepting = True
 
+    async def _check_nodes(self) -> None:
+        """Refuse to start on a node whose eviction policy could remove counts or marks.
+        A node that is down now is checked by the flusher before its first batch."""
+        for node in self.store.nodes:
+            try:
+                await self.store.check_node(node)
+                self.flusher.checked.add(node)
+            except NodeMisconfigured:
+                raise
+            except NodeUnavailable:
+                continue
+
     async def _recover(self, journal: Journal) -> None:
-        """Replay what a crashed process left: sealed batches keep their ids (a node that
-        already applied one ignores it); loose votes go into the buffers and a new segment."""
+        """Replay what earlier processes left: sealed batches keep their ids (a node that
+        already applied one ignores it); loose votes become new batches, sealed (absorbing
+        their segments) before they are sent, like any other."""
         found = journal.recover()
         journal.start()
         orphans = [b for b in found.batches if b.node not in self.buffers]
@@ -96,74 +119,83 @@ class PollingService:
                 sum(b.votes for b in orphans),
                 sorted({b.node for b in orphans}),
             )
-        found.batches = [b for b in found.batches if b.node in self.buffers]
-        self.flusher.adopt(found.batches)
-        for poll_id, options in found.loose.items():
-            node = self.store.node_for(poll_id)
-            self.buffers[node].add_counts(poll_id, options)
-            self._learn_options(poll_id, options)
-            for option_id, n in options.items():
-                journal.append(node, poll_id, option_id, n)
-        if found.loose:
-            await asyncio.to_thread(journal.sync_open)
-        for path in found.loose_files:
-            path.unlink()
-        if found.batches or found.loose:
-            votes = sum(b.votes for b in found.batches) + sum(
-                sum(o.values()) for o in found.loose.values()
-            )
+        self.flusher.adopt([b for b in found.batches if b.node in self.buffers])
+        by_node: dict[str, Counts] = {}
+        for poll_id, option_id, n in found.loose:
+            options = by_node.setdefault(self.store.node_for(poll_id), {}).setdefault(poll_id, {})
+            options[option_id] = options.get(option_id, 0) + n
+        loose = [b for node, c in by_node.items() for b in self.flusher.next_batches(node, c)]
+        if loose or found.loose_files:
+            self.flusher.adopt(loose, SealUnit(loose, found.loose_files))
+        if found.batches or loose:
+            votes = sum(b.votes for b in found.batches) + sum(b.votes for b in loose)
             logger.info("journal: recovered %d votes from an earlier run", votes)
             await self.flusher.flush()
 
-    async def stop(self) -> None:
-        """Stop taking votes, flush everything held, then close the store."""
+    async def stop(self) -> bool:
+        """Stop taking votes, flush everything held, then close the store. True when
+        everything held has landed."""
         self.accepting = False
         await self.flusher.stop()
-        if not await self.flusher.drain(self.shutdown_flush_seconds):
+        flushed = await self.flusher.drain(self.shutdown_flush_seconds)
+        if not flushed:
             logger.error(
                 "shutdown: %d votes could not be flushed (nodes down: %s)%s",
                 self.pending_votes() + self.flusher.in_flight_votes(),
-                sorted(self.flusher.down),
+                sorted({*self.flusher.down, *self.flusher.unsealed}),
                 "; they stay in the journal for the next start" if self.journal else "",
             )
         if self.journal is not None:
             await self.journal.stop()
+        if flushed and not (self.journal and self.journal.holds_files()):
+            await self.flusher.forget_marks()
         await self.store.close()
+        return flushed
 
     # -- votes -----------------------------------------------------------------------------
-
-    def _check_option(self, poll_id: str, option_id: str) -> None:
-        known = self._options.get(poll_id)
-        if known is None:
-            self._learn_options(poll_id, {option_id: 1})
-        elif option_id not in known:
-            if len(known) >= self.max_options:
-                raise TooManyOptions(
-                    f"poll {poll_id} already has {self.max_options} options, the most allowed"
-                )
-            known.add(option_id)
 
     def _check_accepting(self) -> None:
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
 
-    def _admit(self, poll_id: str, option_id: str) -> tuple[str, VoteBuffer]:
-        """Checks a vote may be taken; returns its node and the buffer it goes into."""
+    async def register(self, wanted: dict[str, list[str]]) -> None:
+        """Make sure the poll's node lists these options (the per-poll cap holds for every
+        instance and across restarts). Only options new to this instance come here."""
+        self._check_accepting()
+        try:
+            found = await self.store.register_options(wanted, self.max_options)
+        except NodeUnavailable as exc:
+            raise NodeDown(f"{exc}; retry later") from exc
+        full = [poll_id for poll_id, options in found.items() if options is None]
+        for poll_id, options in found.items():
+            if options is not None:
+                self.options.learn(poll_id, options)
+        if full:
+            raise TooManyOptions(
+                f"poll {full[0]} would have more than {self.max_options} options, the most allowed"
+            )
+
+    def unknown_options(self, counts: Counts) -> dict[str, list[str]]:
+        wanted = {p: self.options.unknown(p, list(options)) for p, options in counts.items()}
+        return {p: options for p, options in wanted.items() if options}
+
+    def vote(self, poll_id: str, option_id: str) -> None:
+        """Take one vote whose option is registered (batching mode). No await: with the
+        journal on it appends a record first (`waits_for_disk` says whether to await a
+        commit); a failed append changes nothing."""
         self._check_accepting()
         node = self.store.node_for(poll_id)
         buffer = self.buffers[node]
-        if buffer.polls >= self.max_pending_polls and not buffer.has_poll(poll_id):
+        if buffer.pairs + self.flusher.held_pairs.get(
+            node, 0
+        ) >= self.max_pending_pairs and not buffer.has_pair(poll_id, option_id):
             raise BacklogFull(f"node {node} has too many votes waiting; retry later")
-        self._check_option(poll_id, option_id)
-        return node, buffer
-
-    def vote(self, poll_id: str, option_id: str) -> None:
-        """Take one vote (batching mode). No await: it increments a counter and, with the
-        journal on, appends a line to it (`waits_for_disk` says whether to await a commit)."""
-        node, buffer = self._admit(poll_id, option_id)
-        buffer.add(poll_id, option_id)
         if self.journal is not None:
-            self.journal.append(node, poll_id, option_id)
+            try:
+                self.journal.append_vote(node, poll_id, option_id)
+            except JournalWriteFailed as exc:
+                raise JournalUnavailable(str(exc)) from exc
+        buffer.add(poll_id, option_id)
         self.accepted_votes += 1
         if buffer.votes >= self.batch_max_votes:
             self.flusher.wake()
@@ -174,50 +206,79 @@ class PollingService:
             try:
                 await self.journal.commit()
             except OSError as exc:
-                raise JournalUnavailable(f"the vote journal could not be written: {exc}") from exc
+                raise OutcomeUnknown(
+                    f"the vote journal could not be synced ({exc}); the vote is held "
+                    "in memory and will most likely be counted"
+                ) from exc
 
-    async def vote_write_through(self, poll_id: str, option_id: str) -> None:
-        """Stage 2: apply the vote to the store before acknowledging it."""
-        self._admit(poll_id, option_id)
-        try:
-            await self.store.increment(poll_id, option_id)
-        except NodeUnavailable as exc:
-            raise ResultsUnavailable(str(exc)) from exc
-        self.cache.add_vote(poll_id, option_id)
-        self.accepted_votes += 1
+    def _route(self, counts: Counts) -> dict[str, Counts]:
+        routed: dict[str, Counts] = {}
+        for poll_id, options in counts.items():
+            routed.setdefault(self.store.node_for(poll_id), {})[poll_id] = options
+        return routed
 
     def vote_many(self, counts: Counts) -> int:
-        """Bulk ingestion, all or nothing: every poll is checked before any vote is counted.
-        Returns the number of votes taken."""
+        """Bulk ingestion, all or nothing, options registered: every node's backlog is
+        checked, then the journal takes one record per node (undone if another fails),
+        and only then the buffers. Returns the number of votes taken."""
         self._check_accepting()
-        routed = [
-            (poll_id, options, self.store.node_for(poll_id)) for poll_id, options in counts.items()
-        ]
-        new_polls: dict[str, int] = {}
-        for poll_id, options, node in routed:
-            if not self.buffers[node].has_poll(poll_id):
-                new_polls[node] = new_polls.get(node, 0) + 1
-            known = self._options.get(poll_id, set())
-            if (
-                len(known) + len(options) > self.max_options
-                and len(known | options.keys()) > self.max_options
-            ):
-                raise TooManyOptions(
-                    f"poll {poll_id} would have more than {self.max_options} options"
+        routed = self._route(counts)
+        for node, node_counts in routed.items():
+            buffer = self.buffers[node]
+            new = buffer.new_pairs(node_counts)
+            if new > self.max_pending_pairs:
+                raise LargerThanBacklog(
+                    f"the request holds {new} (poll, option) pairs for node {node}, more than "
+                    f"its backlog cap ({self.max_pending_pairs}); split it"
                 )
-        for node, extra in new_polls.items():
-            if self.buffers[node].polls + extra > self.max_pending_polls:
+            if buffer.pairs + self.flusher.held_pairs.get(node, 0) + new > self.max_pending_pairs:
                 raise BacklogFull(f"node {node} has too many votes waiting; retry later")
-        total = 0
-        for poll_id, options, node in routed:
-            self._learn_options(poll_id, options)
-            total += self.buffers[node].add_counts(poll_id, options)
-            if self.journal is not None:
-                for option_id, n in options.items():
-                    self.journal.append(node, poll_id, option_id, n)
-        self.accepted_votes += total
+        if self.journal is not None:
+            records = {node: _entries(c) for node, c in routed.items()}
+            try:
+                self.journal.append(records)
+            except JournalWriteFailed as exc:
+                for node in exc.kept:  # on disk for good: count them, say it is unknown
+                    self._buffer(routed[node])
+                if exc.kept:
+                    raise OutcomeUnknown(f"{exc}; part of the request was kept") from exc
+                raise JournalUnavailable(str(exc)) from exc
+        total = sum(self._buffer(c) for c in routed.values())
         if any(b.votes >= self.batch_max_votes for b in self.buffers.values()):
             self.flusher.wake()
+        return total
+
+    def _buffer(self, counts: Counts) -> int:
+        total = 0
+        for poll_id, options in counts.items():
+            total += self.buffers[self.store.node_for(poll_id)].add_counts(poll_id, options)
+        self.accepted_votes += total
+        return total
+
+    async def vote_write_through(self, counts: Counts) -> int:
+        """Stages 2 and 3: apply the votes to their nodes before acknowledging them. Each
+        node takes its part all or nothing; a failure answers 503, typed
+        `outcome_unknown` unless no part can have been applied."""
+        self._check_accepting()
+        routed = self._route(counts)
+        outcomes = await asyncio.gather(
+            *(self.store.apply_now(node, c) for node, c in routed.items()),
+            return_exceptions=True,
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        for node_counts, outcome in zip(routed.values(), outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                self.cache.add_counts(node_counts)
+        if failed:
+            for exc in failed:
+                if not isinstance(exc, NodeUnavailable):
+                    raise exc
+            landed = len(failed) < len(outcomes)
+            if landed or any(getattr(e, "maybe_applied", True) for e in failed):
+                raise OutcomeUnknown(f"{failed[0]}; the votes may or may not be counted")
+            raise NodeDown(f"{failed[0]}; nothing was counted, retry later")
+        total = sum(n for options in counts.values() for n in options.values())
+        self.accepted_votes += total
         return total
 
     # -- reads -----------------------------------------------------------------------------
@@ -253,7 +314,6 @@ class PollingService:
                 stale = True
             else:
                 self.cache.put(poll_id, source, version)
-                self._learn_options(poll_id, source.counts)
                 served_via = node
         counts = dict(source.counts)
         for batch in self.flusher.in_flight.get(node, []):
@@ -262,35 +322,35 @@ class PollingService:
         _merge(counts, self.buffers[node].peek(poll_id))
         return Results(poll_id, counts, served_via, stale)
 
-    def _learn_options(self, poll_id: str, counts: dict[str, int]) -> None:
-        if counts:
-            known = self._options.get(poll_id)
-            if known is None:
-                if len(self._options) >= self._options_limit:
-                    del self._options[next(iter(self._options))]
-                self._options[poll_id] = set(counts)
-            else:
-                known.update(counts)
-
     # -- health ----------------------------------------------------------------------------
 
     def pending_votes(self) -> int:
         return sum(b.votes for b in self.buffers.values())
 
+    def _node_health(self, label: str, url: str, reachable: bool) -> dict[str, object]:
+        held = self.buffers[label].pairs + self.flusher.held_pairs.get(label, 0)
+        return {
+            "label": label,
+            "url": url,
+            "reachable": reachable,
+            "pending_votes": self.buffers[label].votes,
+            "in_flight_votes": self.flusher.in_flight_votes(label),
+            "held_pairs": held,
+            "held_bytes_estimate": held * BYTES_PER_PAIR,
+            "backlog_cap_pairs": self.max_pending_pairs,
+            "error": self.flusher.down.get(label) or self.flusher.unsealed.get(label),
+            "set_aside_polls": sorted(self.flusher.set_aside.get(label, ())),
+        }
+
     async def health(self) -> dict[str, object]:
         reachable = await self.store.ping()
         nodes = [
-            {
-                "label": label,
-                "url": url,
-                "reachable": reachable.get(label, False),
-                "pending_votes": self.buffers[label].votes,
-                "in_flight_votes": self.flusher.in_flight_votes(label),
-            }
+            self._node_health(label, url, reachable.get(label, False))
             for label, url in self.store.describe()
         ]
-        return {
-            "status": "ok" if all(n["reachable"] for n in nodes) else "degraded",
+        healthy = all(n["reachable"] and not n["error"] for n in nodes)
+        report: dict[str, object] = {
+            "status": "ok" if healthy and not self.flusher.set_aside else "degraded",
             "nodes": nodes,
             "buffer": {
                 "pending_votes": self.pending_votes(),
@@ -304,3 +364,12 @@ class PollingService:
                 "round_trips": self.flusher.round_trips,
             },
         }
+        if self.journal is not None:
+            quarantine = self.journal.quarantine
+            report["journal"] = {
+                "fsync": self.journal.fsync,
+                "quarantine_folder": quarantine.folder,
+                "quarantined_files": quarantine.files,
+                "quarantined_lines": quarantine.lines,
+            }
+        return report

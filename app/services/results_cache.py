@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.storage.base import Batch, Snapshot, holds
+from app.storage.base import Batch, Counts, Snapshot, holds
 
 
 @dataclass
@@ -75,9 +75,11 @@ class ResultsCache:
                 entry.counts[option_id] = entry.counts.get(option_id, 0) + n
             entry.applied[batch.flusher_id] = batch.seq
 
-    def add_vote(self, poll_id: str, option_id: str) -> None:
-        """A write-through vote landed in the store."""
+    def add_counts(self, counts: Counts) -> None:
+        """Write-through votes landed in the store."""
         self.version += 1
-        entry = self._entries.get(poll_id)
-        if entry is not None:
-            entry.counts[option_id] = entry.counts.get(option_id, 0) + 1
+        for poll_id, options in counts.items():
+            entry = self._entries.get(poll_id)
+            if entry is not None:
+                for option_id, n in options.items():
+                    entry.counts[option_id] = entry.counts.get(option_id, 0) + n

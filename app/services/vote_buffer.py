@@ -10,18 +10,24 @@ class VoteBuffer:
 
     `swap()` hands every pending vote to the caller and starts an empty buffer in one
     synchronous step: no vote can fall between the two, and none is handed out twice.
+    `pairs` counts the (poll, option) counters held: what the buffer's memory grows with.
     """
 
     def __init__(self) -> None:
         self._counts: Counts = {}
         self.votes = 0
+        self.pairs = 0
 
     def add(self, poll_id: str, option_id: str, n: int = 1) -> None:
         options = self._counts.get(poll_id)
         if options is None:
             self._counts[poll_id] = {option_id: n}
+            self.pairs += 1
+        elif option_id in options:
+            options[option_id] += n
         else:
-            options[option_id] = options.get(option_id, 0) + n
+            options[option_id] = n
+            self.pairs += 1
         self.votes += n
 
     def add_counts(self, poll_id: str, counts: dict[str, int]) -> int:
@@ -29,7 +35,11 @@ class VoteBuffer:
         options = self._counts.setdefault(poll_id, {})
         added = 0
         for option_id, n in counts.items():
-            options[option_id] = options.get(option_id, 0) + n
+            if option_id in options:
+                options[option_id] += n
+            else:
+                options[option_id] = n
+                self.pairs += 1
             added += n
         self.votes += added
         return added
@@ -37,8 +47,18 @@ class VoteBuffer:
     def peek(self, poll_id: str) -> dict[str, int] | None:
         return self._counts.get(poll_id)
 
-    def has_poll(self, poll_id: str) -> bool:
-        return poll_id in self._counts
+    def has_pair(self, poll_id: str, option_id: str) -> bool:
+        options = self._counts.get(poll_id)
+        return options is not None and option_id in options
+
+    def new_pairs(self, counts: Counts) -> int:
+        """How many of these (poll, option) pairs the buffer does not hold yet."""
+        return sum(
+            1
+            for poll_id, options in counts.items()
+            for o in options
+            if not self.has_pair(poll_id, o)
+        )
 
     @property
     def polls(self) -> int:
@@ -47,4 +67,5 @@ class VoteBuffer:
     def swap(self) -> Counts:
         taken, self._counts = self._counts, {}
         self.votes = 0
+        self.pairs = 0
         return taken

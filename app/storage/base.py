@@ -14,16 +14,28 @@ class Batch:
 
     A node applies a batch at most once: it records the highest `seq` it applied for each
     flusher in the same atomic step as the increments, and ignores a batch at or below it.
+    `prev` is the seq of the batch of the same flusher sent just before it in the same
+    list (0 if none): the node refuses this one until that one has landed, so a batch that
+    failed can never be overtaken (and then ignored) by a later one.
     """
 
     flusher_id: str
     seq: int
     node: str
     counts: Counts
+    prev: int = 0
 
     @property
     def votes(self) -> int:
         return sum(sum(options.values()) for options in self.counts.values())
+
+    @property
+    def pairs(self) -> int:
+        return sum(len(options) for options in self.counts.values())
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.flusher_id, self.seq
 
 
 def holds(applied: dict[str, int], batch: Batch) -> bool:
@@ -43,12 +55,33 @@ class Snapshot:
         return holds(self.applied, batch)
 
 
-class NodeUnavailable(Exception):
-    """A node did not answer; the message names it (never with its password)."""
+@dataclass(frozen=True)
+class Applied:
+    """What a node did with a list of batches: every one of them is now stored (applied by
+    this call or an earlier one); `set_aside` names the polls whose stored hash was
+    unusable (wrong type, a field that is not a count), whose votes went to the poll's
+    aside key instead (reads add it back)."""
 
-    def __init__(self, node: str, safe_url: str, reason: str) -> None:
+    set_aside: tuple[str, ...] = ()
+
+
+class NodeUnavailable(Exception):
+    """A node did not answer or refused; the message names it (never with its password).
+
+    `maybe_applied` is False only when the request certainly never reached the node (the
+    connection could not be made), so a write-through caller can tell "not counted" from
+    "outcome unknown"."""
+
+    def __init__(
+        self, node: str, safe_url: str, reason: str, *, maybe_applied: bool = True
+    ) -> None:
         super().__init__(f"node {node} ({safe_url}) is unavailable: {reason}")
         self.node = node
+        self.maybe_applied = maybe_applied
+
+
+class NodeMisconfigured(NodeUnavailable):
+    """The node answers but is set up so that it could lose counts (an eviction policy)."""
 
 
 class Store(Protocol):
@@ -61,14 +94,32 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot: ...
-
-    async def apply(self, batches: list[Batch]) -> None:
-        """Apply batches for one node, in order, in one round trip. Raises NodeUnavailable."""
+    async def check_node(self, node: str) -> None:
+        """Raise NodeMisconfigured if the node may evict keys; NodeUnavailable if down."""
         ...
 
-    async def increment(self, poll_id: str, option_id: str) -> None:
-        """Write-through: add one vote at once. Raises NodeUnavailable."""
+    async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot: ...
+
+    async def apply(self, batches: list[Batch]) -> Applied:
+        """Apply batches for one node, in order, in one round trip. Returns only once every
+        batch is stored; raises NodeUnavailable otherwise (then some may be stored: a retry
+        of the same batches is safe)."""
+        ...
+
+    async def apply_now(self, node: str, counts: Counts) -> Applied:
+        """Write-through: add counts at once, all or nothing on the node, no mark."""
+        ...
+
+    async def register_options(
+        self, wanted: dict[str, list[str]], cap: int
+    ) -> dict[str, set[str] | None]:
+        """For each poll, add the options to its registry on its node unless that would
+        pass `cap` (then None for that poll, and nothing added to it); else every option
+        the poll now has. One round trip per node."""
+        ...
+
+    async def forget_marks(self, node: str, flusher_ids: list[str]) -> None:
+        """Delete high-water marks no journal or flusher can send batches for any more."""
         ...
 
     async def ping(self) -> dict[str, bool]: ...

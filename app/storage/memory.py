@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from app.storage.base import Batch, Snapshot
+from app.storage.base import Applied, Batch, Counts, Snapshot
 
 MEMORY_NODE = "in_memory"
 
 
 class MemoryStore:
     def __init__(self) -> None:
-        self._counts: dict[str, dict[str, int]] = {}
+        self._counts: Counts = {}
         self._applied: dict[str, int] = {}  # flusher_id -> highest seq applied
+        self._options: dict[str, set[str]] = {}
 
     @property
     def nodes(self) -> list[str]:
@@ -25,23 +26,47 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
+    async def check_node(self, node: str) -> None:
+        return None
+
     async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         applied = {f: self._applied.get(f, 0) for f in flusher_ids}
         return Snapshot(dict(self._counts.get(poll_id, {})), applied)
 
-    async def apply(self, batches: list[Batch]) -> None:
+    def _add(self, counts: Counts) -> None:
+        for poll_id, options in counts.items():
+            stored = self._counts.setdefault(poll_id, {})
+            for option_id, n in options.items():
+                stored[option_id] = stored.get(option_id, 0) + n
+
+    async def apply(self, batches: list[Batch]) -> Applied:
         for batch in batches:
             if batch.seq <= self._applied.get(batch.flusher_id, 0):
                 continue
-            for poll_id, options in batch.counts.items():
-                stored = self._counts.setdefault(poll_id, {})
-                for option_id, n in options.items():
-                    stored[option_id] = stored.get(option_id, 0) + n
+            self._add(batch.counts)
             self._applied[batch.flusher_id] = batch.seq
+        return Applied()
 
-    async def increment(self, poll_id: str, option_id: str) -> None:
-        stored = self._counts.setdefault(poll_id, {})
-        stored[option_id] = stored.get(option_id, 0) + 1
+    async def apply_now(self, node: str, counts: Counts) -> Applied:
+        self._add(counts)
+        return Applied()
+
+    async def register_options(
+        self, wanted: dict[str, list[str]], cap: int
+    ) -> dict[str, set[str] | None]:
+        found: dict[str, set[str] | None] = {}
+        for poll_id, options in wanted.items():
+            known = self._options.setdefault(poll_id, set())
+            if len(known | set(options)) > cap:
+                found[poll_id] = None
+            else:
+                known.update(options)
+                found[poll_id] = set(known)
+        return found
+
+    async def forget_marks(self, node: str, flusher_ids: list[str]) -> None:
+        for flusher_id in flusher_ids:
+            self._applied.pop(flusher_id, None)
 
     async def ping(self) -> dict[str, bool]:
         return {MEMORY_NODE: True}
