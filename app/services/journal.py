@@ -340,27 +340,43 @@ class Journal:
         await waiter
 
     async def _commit_loop(self) -> None:
-        while True:
-            if self.waits_for_disk:
-                await self._wanted.wait()
-            else:
-                await asyncio.sleep(1.0)
-            self._wanted.clear()
-            waiters, self._waiters = self._waiters, []
-            try:
-                await asyncio.to_thread(self.sync_open)
-                if self._sync_error is not None:
-                    error, self._sync_error = self._sync_error, None
-                    raise error
-            except OSError as exc:
-                logger.error("journal fsync failed: %s", exc)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                continue
+        try:
+            while True:
+                await self._commit_once()
+        except BaseException as exc:  # never leave a vote waiting for a loop that has ended
+            ended = isinstance(exc, Exception | asyncio.CancelledError)
+            error = OSError("the journal stopped") if ended else exc
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            raise
+
+    async def _commit_once(self) -> None:
+        if self.waits_for_disk:
+            await self._wanted.wait()
+        else:
+            await asyncio.sleep(1.0)
+        self._wanted.clear()
+        waiters, self._waiters = self._waiters, []
+        try:
+            await asyncio.to_thread(self.sync_open)
+            if self._sync_error is not None:
+                error, self._sync_error = self._sync_error, None
+                raise error
+        except OSError as exc:
+            logger.error("journal fsync failed: %s", exc)
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_exception(exc)
+            return
+        except BaseException as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def sync_open(self) -> None:
         with self._fd_lock:
@@ -428,3 +444,9 @@ class Journal:
                 logger.warning("journal: could not delete %s yet: %s", path.name, exc)
                 continue
             del self._sealed[path]
+
+    def delete(self, paths: list[Path]) -> None:
+        """Delete files with nothing left to replay; one that stays is read again next start."""
+        for path in paths:
+            with contextlib.suppress(OSError):
+                self.files.unlink(path)

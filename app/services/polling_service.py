@@ -125,8 +125,10 @@ class PollingService:
             options = by_node.setdefault(self.store.node_for(poll_id), {}).setdefault(poll_id, {})
             options[option_id] = options.get(option_id, 0) + n
         loose = [b for node, c in by_node.items() for b in self.flusher.next_batches(node, c)]
-        if loose or found.loose_files:
+        if loose:
             self.flusher.adopt(loose, SealUnit(loose, found.loose_files))
+        else:  # nothing to replay in them (empty, or every line damaged and kept aside)
+            journal.delete(found.loose_files)
         if found.batches or loose:
             votes = sum(b.votes for b in found.batches) + sum(b.votes for b in loose)
             logger.info("journal: recovered %d votes from an earlier run", votes)
