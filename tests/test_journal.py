@@ -212,3 +212,98 @@ async def test_a_restart_with_fewer_workers_recovers_every_slot(
     async with running_app(settings):
         pass  # one worker starts, recovers, and flushes on the way out
     assert [stored_counts(node, poll) for poll in "pqr"] == [{"A": 2}] * 3
+
+
+# -- damage and crashes during recovery (hardening issue, items 4 and 5) ------------------
+
+
+def _record(poll: str, option: str, n: int) -> bytes:
+    from app.services.journal_format import encode_record
+
+    return encode_record([(poll, option, n)])
+
+
+async def test_a_damaged_journal_is_quarantined_and_the_rest_replays(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = start_node()
+    slot = tmp_path / "j" / "slot-0"
+    slot.mkdir(parents=True)
+    lines = [
+        _record("good", "A", 2),
+        b"garbage line\n",
+        b"\x00\x00\x00\x00\n",
+        b"\xff\xfe not utf-8\n",
+        b"good\tA\t-40\n",  # a negative count would remove votes
+        b"good\tA\t99999999999999999999\n",  # a huge count would poison the batch
+        _record("good", "B", 1),
+        b"3b1f0a2c\tgood\tA\t5\n",  # a checksum that does not match
+        _record("good", "A", 1)[:-4],  # torn: the last write never finished
+    ]
+    (slot / "votes-old-n-1.log").write_bytes(b"".join(lines))
+    (slot / "sealed-old-1.json").write_bytes(b"")  # empty
+    (slot / "sealed-old-2.json").write_bytes(b'{"segments": [], "batches": [{"flus')  # cut short
+    settings = settings_for(None, redis_nodes=f"n={node.url}", journal_dir=str(tmp_path / "j"))
+    async with running_app(settings) as (client, _):  # start-up does not fail
+        journal = (await client.get("/api/v1/health")).json()["journal"]
+    assert journal["quarantined_lines"] == 7
+    assert sorted(journal["quarantined_files"]) == [
+        "sealed-old-1.json",
+        "sealed-old-2.json",
+        "votes-old-n-1.log.rejected",
+    ]
+    assert stored_counts(node, "good") == {"A": 2, "B": 1}
+    quarantine = tmp_path / "j" / "quarantine"
+    assert (quarantine / "votes-old-n-1.log.rejected").read_bytes().count(b"\n") == 7
+    assert not list(slot.glob("*.json")) + list(slot.glob("*.log"))
+
+
+async def test_a_crash_in_the_middle_of_recovery_neither_loses_nor_doubles(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    from app.core.nodes import NodeSpec
+    from app.services.journal import Journal
+    from app.services.polling_service import PollingService
+    from app.services.results_cache import ResultsCache
+    from app.storage.redis_store import ShardedRedisStore
+    from tests.faults import Crash, FaultPlan, FaultyFiles, abandon
+
+    node = start_node()
+    slot = tmp_path / "j" / "slot-0"
+    slot.mkdir(parents=True)
+    votes = 200_000
+    (slot / "votes-old-n-1.log").write_bytes(_record("big", "A", 1) * votes)
+
+    def service(plan: FaultPlan) -> PollingService:
+        return PollingService(
+            ShardedRedisStore([NodeSpec("n", node.url)], 100, 2.0),
+            batch_interval=3600,
+            batch_max_votes=10**9,
+            cache=ResultsCache(0, 10),
+            max_options_per_poll=10,
+            max_pending_pairs_per_node=1000,
+            journal=Journal(tmp_path / "j", "always", FaultyFiles(plan)),
+        )
+
+    for crash_at in ("rename", "delete"):  # after the sealed file lands; after a segment goes
+        plan = FaultPlan()
+        plan.steps = []
+        target = crash_at
+
+        def before(name: str, plan: FaultPlan = plan, target: str = target) -> bool:
+            if plan.crashed:
+                raise Crash(name)
+            plan.steps.append(name)
+            if name == target:
+                plan.crashed = True
+            return False
+
+        plan.before = before  # type: ignore[method-assign]
+        crashed = service(plan)
+        with pytest.raises(Crash):
+            await crashed.start()
+        await abandon(crashed)
+    recovered = service(FaultPlan())
+    await recovered.start()
+    assert await recovered.stop()
+    assert stored_counts(node, "big") == {"A": votes}
