@@ -40,3 +40,28 @@ async def test_cache_keeps_the_most_recently_stored_polls() -> None:
             await client.get(f"/api/v1/results/{poll}")
         assert service.cache.any("a") is None
         assert service.cache.any("b") is not None and service.cache.any("c") is not None
+
+
+def test_a_held_pair_costs_no_more_than_the_budget_says() -> None:
+    """The worst shape: 64-character ids, one option per poll, then batched for a flush."""
+    import tracemalloc
+
+    from app.services.flusher import Flusher
+    from app.services.polling_service import BYTES_PER_PAIR
+    from app.services.vote_buffer import VoteBuffer
+    from app.storage.memory import MemoryStore
+
+    pairs = 20_000
+    tracemalloc.start()
+    try:
+        buffer = VoteBuffer()
+        for i in range(pairs):
+            buffer.add(f"{i:064d}", f"{i:064d}")
+        flusher = Flusher(MemoryStore(), {"n": buffer}, 1.0, lambda batch: None)
+        batches = flusher.next_batches("n", buffer.swap())
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(b.pairs for b in batches) == pairs
+    print(f"\nheld pair: {used / pairs:.0f} bytes (budget {BYTES_PER_PAIR})")
+    assert used / pairs <= BYTES_PER_PAIR

@@ -37,10 +37,10 @@ class Settings(BaseSettings):
     cache_max_polls: int = Field(100_000, ge=1)
     max_options_per_poll: int = Field(100, ge=1, le=10_000)
     max_pending_pairs_per_node: int = Field(
-        250_000,
+        120_000,
         ge=1,
         description="Backlog cap: (poll, option) pairs held per node (buffer and in flight) "
-        "before votes get 503; about 230 bytes each, so the default is about 55 MiB per node.",
+        "before votes get 503; at most 550 bytes each, so the default is 64 MiB per node.",
     )
     shutdown_flush_seconds: float = Field(
         10.0, ge=0, le=600, description="How long shutdown keeps retrying a node that is down."

@@ -29,9 +29,9 @@ from app.storage.base import Counts, NodeMisconfigured, NodeUnavailable, Snapsho
 logger = logging.getLogger("app.polling_service")
 
 READ_ATTEMPTS = 3
-# Measured with tracemalloc (tests/test_memory_caps.py): what one held (poll, option) pair
-# costs in the buffer, its batch and the journal's bookkeeping, for the /health estimate.
-BYTES_PER_PAIR = 230
+# What one held (poll, option) pair costs at most, in the buffer and then in its batch, with
+# 64-character ids and one option per poll (measured: tests/test_memory_caps.py).
+BYTES_PER_PAIR = 550
 
 
 @dataclass(frozen=True)
