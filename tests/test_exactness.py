@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import closing
@@ -14,7 +15,7 @@ import redis
 from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode
 from app.services.file_ops import FileOps
-from app.storage.base import Batch, NodeMisconfigured, NodeUnavailable
+from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable
 from app.storage.redis_store import ShardedRedisStore
 from tests.conftest import NodeFactory, running_app, settings_for, stored_counts
 from tests.proxies import ReplyCuttingProxy
@@ -279,3 +280,27 @@ async def test_shutdown_does_not_claim_a_flush_that_failed(
             node.kill()
     assert "1 votes could not be flushed" in caplog.text
     assert "all held votes flushed" not in caplog.text
+
+
+async def test_write_through_read_during_a_slow_reply_never_counts_the_vote_twice(
+    node: LocalNode,
+) -> None:
+    settings = settings_for([node], batch_interval_seconds=0, cache_ttl_seconds=60)
+    async with running_app(settings) as (client, service):
+        real_apply_now = service.store.apply_now
+        applied, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_reply(node_label: str, counts: Counts) -> Applied:
+            done = await real_apply_now(node_label, counts)  # on the node; reply still to come
+            applied.set()
+            await release.wait()
+            return done
+
+        service.store.apply_now = slow_reply  # type: ignore[method-assign]
+        vote = asyncio.create_task(client.post("/api/v1/vote/p", json={"option_id": "A"}))
+        await applied.wait()
+        assert (await client.get("/api/v1/results/p")).json()["results"] == {"A": 1}
+        release.set()
+        assert (await vote).status_code == 200
+        for _ in range(2):  # the snapshot taken during the vote is not patched again
+            assert (await client.get("/api/v1/results/p")).json()["results"] == {"A": 1}

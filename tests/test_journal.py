@@ -160,19 +160,39 @@ async def test_two_processes_sharing_a_journal_folder_take_different_slots(
         assert first.journal.directory != second.journal.directory
 
 
-async def test_batches_for_a_node_no_longer_configured_stay_on_disk(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_batches_for_a_node_no_longer_configured_go_where_their_polls_are_now(
+    start_node: NodeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    node = start_node()
     slot = tmp_path / "j" / "slot-0"
     slot.mkdir(parents=True)
     batch = {"flusher_id": "old", "seq": 1, "node": "gone", "counts": {"p": {"A": 2}}}
     sealed = slot / "sealed-old-1.json"
     sealed.write_text(json.dumps({"segments": [], "batches": [batch]}))
-    settings = settings_for(None, journal_dir=str(tmp_path / "j"))
+    settings = settings_for([node], journal_dir=str(tmp_path / "j"))
     async with running_app(settings) as (client, _):
-        assert (await client.get("/api/v1/results/p")).json()["results"] == {}
-    assert sealed.exists()
-    assert "2 votes are for nodes no longer configured (['gone'])" in caplog.text
+        assert (await client.get("/api/v1/results/p")).json()["results"] == {"A": 2}
+    assert not sealed.exists()
+    assert stored_counts(node, "p") == {"A": 2}
+    assert "2 votes were for node gone, which is no longer configured" in caplog.text
+
+
+async def test_adding_a_node_keeps_the_journaled_votes_of_the_renamed_one(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """One unlabelled node is `redis`; with two they are `redis_<port>`: same server."""
+    first, second = start_node(persist=True), start_node()
+    settings = settings_for([first], journal_dir=str(tmp_path / "j"), shutdown_flush_seconds=0)
+    async with running_app(settings) as (client, _):
+        for _ in range(3):
+            await client.post("/api/v1/vote/p", json={"option_id": "A"})
+        first.stop()  # down at the graceful stop: the votes stay sealed in the journal
+    first.start()
+    grown = settings_for([first, second], journal_dir=str(tmp_path / "j"))
+    async with running_app(grown) as (_, service):
+        owner = service.store.node_for("p")
+    on = first if owner == f"redis_{first.port}" else second
+    assert stored_counts(on, "p") == {"A": 3}
 
 
 async def test_a_journal_that_cannot_seal_loses_no_votes(
@@ -205,7 +225,7 @@ async def test_a_restart_with_fewer_workers_recovers_every_slot(
     for index, poll in [(0, "p"), (1, "q"), (2, "r")]:  # three workers' leftovers
         slot = tmp_path / "j" / f"slot-{index}"
         slot.mkdir(parents=True)
-        (slot / f"votes-w{index}-n-1.log").write_text(f"{poll}\tA\t2\n")
+        (slot / f"votes-w{index}-n-1.log").write_bytes(_record(poll, "A", 2))
     settings = load_settings(
         redis_nodes=f"n={node.url}", journal_dir=str(tmp_path / "j"), batch_interval_seconds=3600
     )
@@ -223,6 +243,14 @@ def _record(poll: str, option: str, n: int) -> bytes:
     return encode_record([(poll, option, n)])
 
 
+def _damaged_count(poll: str, option: str, count: str) -> bytes:
+    """A record with a valid checksum whose count is out of range."""
+    import zlib
+
+    payload = f"{poll}\t{option}\t{count}".encode()
+    return b"%08x\t%s\n" % (zlib.crc32(payload), payload)
+
+
 async def test_a_damaged_journal_is_quarantined_and_the_rest_replays(
     start_node: NodeFactory, tmp_path: Path
 ) -> None:
@@ -234,8 +262,9 @@ async def test_a_damaged_journal_is_quarantined_and_the_rest_replays(
         b"garbage line\n",
         b"\x00\x00\x00\x00\n",
         b"\xff\xfe not utf-8\n",
-        b"good\tA\t-40\n",  # a negative count would remove votes
-        b"good\tA\t99999999999999999999\n",  # a huge count would poison the batch
+        b"good\tA\t1\n",  # no checksum (a bit flip can make a record look like this)
+        _damaged_count("good", "A", "-40"),  # a negative count would remove votes
+        _damaged_count("good", "A", "99999999999999999999"),  # would poison the batch
         _record("good", "B", 1),
         b"3b1f0a2c\tgood\tA\t5\n",  # a checksum that does not match
         _record("good", "A", 1)[:-4],  # torn: the last write never finished
@@ -246,7 +275,7 @@ async def test_a_damaged_journal_is_quarantined_and_the_rest_replays(
     settings = settings_for(None, redis_nodes=f"n={node.url}", journal_dir=str(tmp_path / "j"))
     async with running_app(settings) as (client, _):  # start-up does not fail
         journal = (await client.get("/api/v1/health")).json()["journal"]
-    assert journal["quarantined_lines"] == 7
+    assert journal["quarantined_lines"] == 8
     assert sorted(journal["quarantined_files"]) == [
         "sealed-old-1.json",
         "sealed-old-2.json",
@@ -254,7 +283,7 @@ async def test_a_damaged_journal_is_quarantined_and_the_rest_replays(
     ]
     assert stored_counts(node, "good") == {"A": 2, "B": 1}
     quarantine = tmp_path / "j" / "quarantine"
-    assert (quarantine / "votes-old-n-1.log.rejected").read_bytes().count(b"\n") == 7
+    assert (quarantine / "votes-old-n-1.log.rejected").read_bytes().count(b"\n") == 8
     assert not list(slot.glob("*.json")) + list(slot.glob("*.log"))
 
 
@@ -307,3 +336,95 @@ async def test_a_crash_in_the_middle_of_recovery_neither_loses_nor_doubles(
     await recovered.start()
     assert await recovered.stop()
     assert stored_counts(node, "big") == {"A": votes}
+
+
+async def test_a_recovery_split_across_two_workers_slots_counts_once(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """A sealed file only absorbs segments of its own folder: a worker's leftover segment is
+    moved into the recovering worker's slot before it is sealed, so a crash right after the
+    seal cannot leave the sealed file in one slot and the segment in another (where a
+    second worker would replay it again)."""
+    import fcntl
+
+    from app.core.nodes import NodeSpec
+    from app.services.journal import Journal
+    from app.services.polling_service import PollingService
+    from app.services.results_cache import ResultsCache
+    from app.storage.redis_store import ShardedRedisStore
+    from tests.faults import Crash, FaultPlan, FaultyFiles, abandon
+
+    node = start_node()
+    root = tmp_path / "j"
+    (root / "slot-1").mkdir(parents=True)
+    (root / "slot-1" / "votes-old-n-1.log").write_bytes(_record("p", "A", 1) * 5)
+    plan = FaultPlan()
+    real_before = plan.before
+
+    def before(name: str) -> bool:
+        fail = real_before(name)
+        if name == "fsync folder":  # the sealed file is in place: die right here
+            plan.crashed = True
+        return fail
+
+    plan.before = before  # type: ignore[method-assign]
+    crashed = PollingService(
+        ShardedRedisStore([NodeSpec("n", node.url)], 100, 2.0),
+        batch_interval=3600,
+        batch_max_votes=10**9,
+        cache=ResultsCache(0, 10),
+        max_options_per_poll=10,
+        max_pending_pairs_per_node=1000,
+        journal=Journal(root, "always", FaultyFiles(plan)),
+    )
+    with pytest.raises(Crash):
+        await crashed.start()
+    await abandon(crashed)
+    settings = settings_for(None, redis_nodes=f"n={node.url}", journal_dir=str(root))
+    held = os.open(root / "slot-1" / "lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # worker B is starting: A cannot adopt slot-1
+    async with running_app(settings) as (_, first):
+        os.close(held)
+        async with running_app(settings) as (_, second):  # worker B takes slot-1
+            assert first.journal and second.journal
+            assert second.journal.directory.name == "slot-1"
+    assert stored_counts(node, "p") == {"A": 5}
+
+
+async def test_a_vote_waiting_for_fsync_fails_when_its_segment_cannot_be_synced(
+    tmp_path: Path,
+) -> None:
+    import errno
+
+    from app.services.file_ops import FileOps
+    from app.services.journal import Journal
+
+    class SyncFails(FileOps):
+        def fsync(self, fd: int) -> None:
+            raise OSError(errno.EIO, "injected fsync failure")
+
+    journal = Journal(tmp_path / "j", "always", SyncFails())
+    journal.recover()
+    journal.append_vote("n", "p", "A")
+    waiting = asyncio.create_task(journal.commit())  # no commit loop runs: only detach acts
+    await asyncio.sleep(0)
+    assert journal.detach("n")  # the flusher swaps the buffer; the segment's fsync fails
+    with pytest.raises(OSError, match="injected fsync failure"):
+        await waiting
+
+
+async def test_an_unreadable_sealed_file_keeps_the_marks_on_the_nodes(tmp_path: Path) -> None:
+    from app.services.file_ops import FileOps
+    from app.services.journal import Journal
+
+    class ReadFails(FileOps):
+        def read(self, path: Path) -> bytes:
+            raise OSError("injected read failure")
+
+    slot = tmp_path / "j" / "slot-0"
+    slot.mkdir(parents=True)
+    (slot / "sealed-f-1.json").write_bytes(b"{}")
+    journal = Journal(tmp_path / "j", "off", ReadFails())
+    assert journal.recover().batches == []
+    assert journal.holds_files()  # so a clean stop does not delete any mark
+    await journal.stop()

@@ -78,7 +78,7 @@ class SealUnit:
 
 @dataclass
 class SealedFile:
-    waiting: set[tuple[str, int]]  # batches the node has not confirmed yet
+    waiting: set[tuple[str, int, str]]  # batches their nodes have not confirmed yet
     segments: list[Path]  # absorbed segments still to delete before this file may go
 
 
@@ -107,9 +107,10 @@ class Journal:
         self._segments: dict[str, list[Segment]] = {}  # node -> current generation
         self._counter = 0
         self._sealed: dict[Path, SealedFile] = {}
-        self._file_of: dict[tuple[str, int], Path] = {}  # batch -> its sealed file
+        self._file_of: dict[tuple[str, int, str], Path] = {}  # batch -> its sealed file
         self._lock_fd: int | None = None
         self._adopted_locks: list[int] = []
+        self.unread = False  # a sealed file could not be read at start: its marks must stay
         self._fd_lock = threading.Lock()  # an fsync in a thread never meets a closed fd
         self._sync_error: OSError | None = None
         self._waiters: list[asyncio.Future[None]] = []
@@ -122,7 +123,8 @@ class Journal:
 
     def holds_files(self) -> bool:
         """Whether anything of ours is still on disk (then marks must stay on the nodes)."""
-        return bool(self._sealed) or any(s.size for g in self._segments.values() for s in g)
+        written = any(s.size for g in self._segments.values() for s in g)
+        return self.unread or bool(self._sealed) or written
 
     # -- start and stop --------------------------------------------------------------------
 
@@ -198,36 +200,50 @@ class Journal:
     def recover(self) -> Recovered:
         """Take a slot and read what earlier processes left in it and in free slots.
 
-        Start-up never fails on damage: damaged files and lines go to quarantine/ and the
-        rest replays. A file that cannot be read stays for the next start; if it is a
-        sealed file, loose segments wait too (it may have absorbed them)."""
+        A sealed file only ever absorbs segments of its own folder, so each folder is read
+        on its own; loose segments of an adopted slot are moved into ours (one atomic rename
+        each) before they are sealed here. Start-up never fails on damage: damaged files and
+        lines go to quarantine/ and the rest replays. A file that cannot be read stays for
+        the next start; if it is a sealed file, its folder's loose segments wait too."""
         self._take_slot()
-        folders = [self.directory, *self._adopt_free_slots()]
-        for path in [p for folder in folders for p in folder.glob("*.tmp")]:
+        found = Recovered()
+        for folder in [self.directory, *self._adopt_free_slots()]:
+            self._recover_folder(folder, found)
+        for sealed in self._sealed.values():
+            self._delete_segments(sealed)
+        found.batches.sort(key=lambda b: b.key)
+        return found
+
+    def _recover_folder(self, folder: Path, found: Recovered) -> None:
+        for path in folder.glob("*.tmp"):
             with contextlib.suppress(OSError):
                 self.files.unlink(path)
-        sealed_paths = sorted(p for folder in folders for p in folder.glob("sealed-*.json"))
-        segment_paths = sorted(p for folder in folders for p in folder.glob("votes-*.log"))
-        found = Recovered()
+        segments = sorted(folder.glob("votes-*.log"))
         absorbed: set[str] = set()
-        unread = False
-        for path in sealed_paths:
+        for path in sorted(folder.glob("sealed-*.json")):
             data = self._read(path)
             if data is None:
-                unread = True
-                continue
+                self.unread = True  # it may absorb loose segments: they wait with it
+                return
             try:
                 contents = decode_sealed(data)
             except Damaged as exc:
                 self._set_aside(path, str(exc))
                 continue
             names = set(contents.segments)
-            self._track(path, contents.batches, [p for p in segment_paths if p.name in names])
+            self._track(path, contents.batches, [p for p in segments if p.name in names])
             found.batches += contents.batches
             absorbed |= names
-        for path in segment_paths:
-            if path.name in absorbed or unread:
+        for path in segments:
+            if path.name in absorbed:
                 continue
+            if folder != self.directory:
+                try:
+                    self.files.rename(path, self.directory / path.name)
+                except OSError as exc:
+                    logger.error("journal: cannot move %s (%s); it waits", path.name, exc)
+                    continue
+                path = self.directory / path.name
             data = self._read(path)
             if data is None:
                 continue
@@ -236,10 +252,6 @@ class Journal:
                 self._keep_damaged_lines(path, segment.damaged)
             found.loose += segment.entries
             found.loose_files.append(path)
-        for sealed in self._sealed.values():
-            self._delete_segments(sealed)
-        found.batches.sort(key=lambda b: b.key)
-        return found
 
     def start(self) -> None:
         if self.fsync in ("always", "everysec"):
@@ -268,7 +280,11 @@ class Journal:
             if sync and self.fsync != "off":
                 self.files.fsync(fd)
         except OSError as exc:
-            self._sync_error = exc  # the next group commit fails its waiters
+            # Votes in this segment may not be on disk: fail every vote waiting now, and
+            # the group commit in progress (its waiters may have written here too).
+            self._sync_error = exc
+            self._fail_waiters(self._waiters, exc)
+            self._waiters = []
         finally:
             with contextlib.suppress(OSError):
                 self.files.close(fd)
@@ -345,11 +361,14 @@ class Journal:
                 await self._commit_once()
         except BaseException as exc:  # never leave a vote waiting for a loop that has ended
             ended = isinstance(exc, Exception | asyncio.CancelledError)
-            error = OSError("the journal stopped") if ended else exc
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_exception(error)
+            self._fail_waiters(self._waiters, OSError("the journal stopped") if ended else exc)
             raise
+
+    @staticmethod
+    def _fail_waiters(waiters: list[asyncio.Future[None]], exc: BaseException) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
 
     async def _commit_once(self) -> None:
         if self.waits_for_disk:
@@ -365,14 +384,10 @@ class Journal:
                 raise error
         except OSError as exc:
             logger.error("journal fsync failed: %s", exc)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            self._fail_waiters(waiters, exc)
             return
         except BaseException as exc:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            self._fail_waiters(waiters, exc)
             raise
         for waiter in waiters:
             if not waiter.done():
@@ -421,6 +436,15 @@ class Journal:
             except OSError:
                 remaining.append(segment)
         sealed.segments = remaining
+
+    def readdress(self, batch: Batch, parts: list[Batch]) -> None:
+        """A recovered batch for a node no longer configured goes to the nodes its polls
+        belong to now, as `parts` (same flusher id and seq): its file waits for them."""
+        path = self._file_of.pop(batch.key)
+        self._sealed[path].waiting.discard(batch.key)
+        for part in parts:
+            self._sealed[path].waiting.add(part.key)
+            self._file_of[part.key] = path
 
     def release(self, batches: list[Batch]) -> None:
         """The node confirmed these batches: a sealed file whose batches have all been

@@ -3,8 +3,9 @@
 A segment line is one record: a crc32 (8 hex digits), then one or more
 `poll TAB option TAB n` triples, all joined by TABs, then a newline. One record is one vote,
 or a whole bulk request's share for one node. The checksum and the final newline make a
-record all or nothing: a torn or damaged line fails its check and is set aside whole. Lines
-written before the checksum existed (`poll TAB option TAB n`) are still read.
+record all or nothing: a torn or damaged line fails its check and is set aside whole. There
+is no unchecked form: lines of the first journal format (no checksum) are damage too, since
+one flipped bit can turn a record's TAB into a letter and the line into one that parses.
 
 A sealed file is its JSON, a newline, its crc32, a newline (older ones: the JSON alone).
 """
@@ -56,18 +57,19 @@ def _entries(fields: list[str]) -> list[Entry]:
     return entries
 
 
-def decode_record(line: bytes) -> list[Entry]:
+def _fields(line: bytes) -> list[str]:
     try:
-        text = line.decode("ascii")
+        return line.decode("ascii").split("\t")
     except UnicodeDecodeError:
         raise Damaged("not ASCII") from None
-    fields = text.split("\t")
-    if len(fields) == 3:  # written before records carried a checksum
-        return _entries(fields)
-    crc, _, payload = text.partition("\t")
-    if not re.fullmatch(r"[0-9a-f]{8}", crc) or int(crc, 16) != zlib.crc32(payload.encode()):
+
+
+def decode_record(line: bytes) -> list[Entry]:
+    crc, *payload = _fields(line)
+    text = "\t".join(payload)
+    if not re.fullmatch(r"[0-9a-f]{8}", crc) or int(crc, 16) != zlib.crc32(text.encode()):
         raise Damaged("checksum does not match")
-    return _entries(payload.split("\t"))
+    return _entries(payload)
 
 
 @dataclass

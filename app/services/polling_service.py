@@ -5,6 +5,7 @@ the cache TTL is 0, the in-memory store when no nodes are set."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -112,14 +113,25 @@ class PollingService:
         their segments) before they are sent, like any other."""
         found = journal.recover()
         journal.start()
-        orphans = [b for b in found.batches if b.node not in self.buffers]
-        if orphans:
-            logger.error(
-                "journal: %d votes are for nodes no longer configured (%s); they stay on disk",
-                sum(b.votes for b in orphans),
-                sorted({b.node for b in orphans}),
+        batches = []
+        for batch in found.batches:
+            if batch.node in self.buffers:
+                batches.append(batch)
+                continue
+            parts = [
+                dataclasses.replace(batch, node=node, counts=counts)
+                for node, counts in self._route(batch.counts).items()
+            ]
+            logger.warning(
+                "journal: %d votes were for node %s, which is no longer configured; they go "
+                "to %s (a node that already applied them ignores them)",
+                batch.votes,
+                batch.node,
+                sorted(p.node for p in parts),
             )
-        self.flusher.adopt([b for b in found.batches if b.node in self.buffers])
+            journal.readdress(batch, parts)
+            batches += parts
+        self.flusher.adopt(sorted(batches, key=lambda b: b.key))
         by_node: dict[str, Counts] = {}
         for poll_id, option_id, n in found.loose:
             options = by_node.setdefault(self.store.node_for(poll_id), {}).setdefault(poll_id, {})
@@ -129,8 +141,8 @@ class PollingService:
             self.flusher.adopt(loose, SealUnit(loose, found.loose_files))
         else:  # nothing to replay in them (empty, or every line damaged and kept aside)
             journal.delete(found.loose_files)
-        if found.batches or loose:
-            votes = sum(b.votes for b in found.batches) + sum(b.votes for b in loose)
+        if batches or loose:
+            votes = sum(b.votes for b in batches) + sum(b.votes for b in loose)
             logger.info("journal: recovered %d votes from an earlier run", votes)
             await self.flusher.flush()
 
@@ -270,7 +282,7 @@ class PollingService:
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         for node_counts, outcome in zip(routed.values(), outcomes, strict=True):
             if not isinstance(outcome, BaseException):
-                self.cache.add_counts(node_counts)
+                self.cache.forget(list(node_counts))
         if failed:
             for exc in failed:
                 if not isinstance(exc, NodeUnavailable):

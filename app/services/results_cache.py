@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.storage.base import Batch, Counts, Snapshot, holds
+from app.storage.base import Batch, Snapshot, holds
 
 
 @dataclass
@@ -75,11 +75,10 @@ class ResultsCache:
                 entry.counts[option_id] = entry.counts.get(option_id, 0) + n
             entry.applied[batch.flusher_id] = batch.seq
 
-    def add_counts(self, counts: Counts) -> None:
-        """Write-through votes landed in the store."""
+    def forget(self, poll_ids: list[str]) -> None:
+        """Write-through votes landed: drop these polls' snapshots, and stop reads that
+        started before from storing theirs. (Adding the votes to a snapshot instead could
+        count them twice: a read may already have seen them on the node.)"""
         self.version += 1
-        for poll_id, options in counts.items():
-            entry = self._entries.get(poll_id)
-            if entry is not None:
-                for option_id, n in options.items():
-                    entry.counts[option_id] = entry.counts.get(option_id, 0) + n
+        for poll_id in poll_ids:
+            self._entries.pop(poll_id, None)

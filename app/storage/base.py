@@ -34,8 +34,10 @@ class Batch:
         return sum(len(options) for options in self.counts.values())
 
     @property
-    def key(self) -> tuple[str, int]:
-        return self.flusher_id, self.seq
+    def key(self) -> tuple[str, int, str]:
+        """What identifies the batch on its node (a batch re-addressed to other nodes after
+        a ring change keeps its flusher id and seq on each)."""
+        return self.flusher_id, self.seq, self.node
 
 
 def holds(applied: dict[str, int], batch: Batch) -> bool:
