@@ -4,6 +4,7 @@ taking votes, flush everything, close connections. Nothing connects at import ti
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,11 +16,15 @@ from fastapi_offline import FastAPIOffline
 
 from app.api.fast_path import FastPath
 from app.api.v1.router import api_router
+from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
+from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
+from app.storage.defined import RedisDefinedStore
+from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
 from app.storage.redis_store import ShardedRedisStore
 
@@ -52,6 +57,19 @@ def build_service(settings: Settings) -> PollingService:
         shutdown_flush_seconds=settings.shutdown_flush_seconds,
         journal=build_journal(settings),
     )
+
+
+def build_defined(store: Store) -> DefinedPolls:
+    if isinstance(store, ShardedRedisStore):
+        return DefinedPolls(RedisDefinedStore(store.manager, store.call))
+    return DefinedPolls(MemoryDefinedStore())
+
+
+def build_cookies(settings: Settings) -> VoterCookies:
+    if settings.voter_secret is None:
+        logger.warning("VOTER_SECRET is not set: voter cookies are valid for this process only")
+        return VoterCookies(secrets.token_bytes(32))
+    return VoterCookies(settings.voter_secret.get_secret_value().encode())
 
 
 def build_journal(settings: Settings) -> Journal | None:
@@ -98,6 +116,8 @@ def create_api(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = build_service(settings)
         app.state.service = service
+        app.state.defined = build_defined(service.store)
+        app.state.voter_cookies = build_cookies(settings)
         await service.start()
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(

@@ -138,6 +138,13 @@ class FaultyStore:
     async def apply_now(self, node: str, counts: Counts) -> Applied:
         return await self._run("node write", node, lambda: self.inner.apply_now(node, counts))
 
+    async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
+        call = lambda: self.inner.apply_once(node, key, fingerprint, counts)  # noqa: E731
+        return await self._run("node write once", node, call)
+
+    async def marker(self, node: str, key: str) -> str | None:
+        return await self._run("node marker", node, lambda: self.inner.marker(node, key))
+
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int
     ) -> dict[str, set[str] | None]:

@@ -17,6 +17,12 @@ async def test_every_endpoint_is_documented_with_examples() -> None:
         ("/api/v1/votes", "post"),
         ("/api/v1/results/{poll_id}", "get"),
         ("/api/v1/health", "get"),
+        ("/api/v1/polls", "post"),
+        ("/api/v1/polls/{poll_id}", "get"),
+        ("/api/v1/polls/{poll_id}/vote", "post"),
+        ("/api/v1/polls/{poll_id}/close", "post"),
+        ("/api/v1/polls/{poll_id}/reveal", "post"),
+        ("/api/v1/polls/{poll_id}/results", "get"),
     }
     assert {(p, m) for p, item in spec["paths"].items() for m in item} == operations
     for path, method in operations - {("/", "get")}:

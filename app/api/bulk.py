@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Awaitable, Callable
@@ -9,7 +10,14 @@ from typing import Annotated
 
 import msgspec
 
-from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, too_large_reply
+from app.api.handlers import (
+    Reply,
+    invalid_reply,
+    json_reply,
+    key_problem,
+    rejected_reply,
+    too_large_reply,
+)
 from app.api.validation import ID_MAX, error, id_error
 from app.services.errors import VoteRejected
 from app.services.polling_service import PollingService
@@ -95,6 +103,7 @@ async def ingest(
     token: str | None,
     authorization: str | None,
     read_body: Callable[[int], Awaitable[bytes | None]],
+    idempotency_key: str | None = None,
 ) -> Reply:
     """The whole request: the token first (no body is read without it), then the entries."""
     if token is None:
@@ -113,15 +122,19 @@ async def ingest(
         return invalid_reply([error(_loc(message), message.split(" - at ")[0], "invalid")])
     except msgspec.DecodeError:
         return invalid_reply([error(["body"], "body must be valid JSON", "json_invalid")])
+    problems = key_problem(idempotency_key)
     problem = _first_problem(entries)
-    if problem:
-        return invalid_reply([problem])
+    if problem or problems:
+        return invalid_reply([*problems, *([problem] if problem else [])])
     counts = _aggregate(entries)
     try:
         unknown = service.unknown_options(counts)
         if unknown:
             await service.register(unknown)
-        if service.write_through:
+        if idempotency_key is not None:
+            fingerprint = "bulk " + hashlib.sha256(body).hexdigest()
+            total = await service.vote_once(idempotency_key, fingerprint, counts)
+        elif service.write_through:
             total = await service.vote_write_through(counts)
         else:
             total = service.vote_many(counts)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.core.config import Settings
+from app.services.defined_polls import DefinedPolls
 from app.services.polling_service import PollingService
 
 
@@ -20,5 +21,11 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_defined(request: Request) -> DefinedPolls:
+    polls: DefinedPolls = request.app.state.defined
+    return polls
+
+
 ServiceDep = Annotated[PollingService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DefinedDep = Annotated[DefinedPolls, Depends(get_defined)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import handlers
+from app.api import defined, handlers
 from app.api.validation import MAX_VOTE_BODY
 
 Scope = dict[str, Any]
@@ -20,24 +20,57 @@ Scope = dict[str, Any]
 JSON_TYPE = (b"content-type", b"application/json")
 
 
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request headers this layer reads (the last of each name wins)."""
+    return {name: value for name, value in scope["headers"] if name in WANTED_HEADERS}
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+WANTED_HEADERS = {b"content-length", b"idempotency-key", b"x-voter-id", b"cookie"}
+
+
 class FastPath:
     def __init__(self, api: FastAPI, prefix: str) -> None:
         self.api = api
         self.vote_prefix = f"{prefix}/vote/"
         self.results_prefix = f"{prefix}/results/"
+        self.polls_prefix = f"{prefix}/polls/"
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             method: str = scope["method"]
             if method == "POST" and path.startswith(self.vote_prefix):
-                service = self.api.state.service
-                length = None
-                for name, value in scope["headers"]:
-                    if name == b"content-length":
-                        length = value
-                body = await handlers.read_body(receive, MAX_VOTE_BODY, length)
-                reply = await handlers.vote(service, path[len(self.vote_prefix) :], body)
+                headers = _headers(scope)
+                body = await handlers.read_body(
+                    receive, MAX_VOTE_BODY, headers.get(b"content-length")
+                )
+                key = _text(headers.get(b"idempotency-key"))
+                poll_id = path[len(self.vote_prefix) :]
+                reply = await handlers.vote(self.api.state.service, poll_id, body, key)
+                await _send(send, reply)
+                return
+            if (
+                method == "POST"
+                and path.startswith(self.polls_prefix)
+                and path.endswith("/vote")
+                and "/" not in path[len(self.polls_prefix) : -len("/vote")]
+            ):
+                headers = _headers(scope)
+                body = await handlers.read_body(
+                    receive, MAX_VOTE_BODY, headers.get(b"content-length")
+                )
+                reply = await defined.vote(
+                    self.api.state.defined,
+                    self.api.state.voter_cookies,
+                    path[len(self.polls_prefix) : -len("/vote")],
+                    body,
+                    _text(headers.get(b"x-voter-id")),
+                    _text(headers.get(b"cookie")),
+                )
                 await _send(send, reply)
                 return
             if method == "GET" and path.startswith(self.results_prefix):

@@ -79,10 +79,20 @@ async def read_body(receive: Receive, limit: int, content_length: bytes | None) 
             return b"".join(chunks)
 
 
-async def vote(service: PollingService, poll_id: str, body: bytes | None) -> Reply:
+def key_problem(key: str | None) -> list[dict[str, Any]]:
+    """An `Idempotency-Key` header that is present must be 1-64 id characters."""
+    if key is None:
+        return []
+    problem = id_error(["header", "idempotency-key"], key)
+    return [problem] if problem else []
+
+
+async def vote(
+    service: PollingService, poll_id: str, body: bytes | None, idempotency_key: str | None = None
+) -> Reply:
     if body is None:
         return too_large_reply(MAX_VOTE_BODY)
-    problems = []
+    problems = key_problem(idempotency_key)
     poll_problem = id_error(["path", "poll_id"], poll_id)
     if poll_problem:
         problems.append(poll_problem)
@@ -96,7 +106,10 @@ async def vote(service: PollingService, poll_id: str, body: bytes | None) -> Rep
     try:
         if not service.options.knows(poll_id, option_id):
             await service.register({poll_id: [option_id]})
-        if service.write_through:
+        if idempotency_key is not None:
+            fingerprint = f"vote {poll_id} {option_id}"
+            await service.vote_once(idempotency_key, fingerprint, {poll_id: {option_id: 1}})
+        elif service.write_through:
             await service.vote_write_through({poll_id: {option_id: 1}})
         else:
             service.vote(poll_id, option_id)

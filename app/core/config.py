@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token for bulk ingestion; unset disables that endpoint."
     )
+    voter_secret: SecretStr | None = Field(
+        None,
+        description="Signs the voter cookies of defined polls; set the same value on every "
+        "instance. Unset: a random secret per process (cookies then last one process).",
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")

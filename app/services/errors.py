@@ -66,3 +66,43 @@ class ResultsUnavailable(VoteRejected):
     """The poll's node is down and no snapshot is cached."""
 
     kind = "node_unavailable"
+
+
+class PollNotFound(VoteRejected):
+    status = 404
+    retry_after = None
+    kind = "poll_not_found"
+
+
+class PollExists(VoteRejected):
+    status = 409
+    retry_after = None
+    kind = "poll_exists"
+
+
+class PollClosed(VoteRejected):
+    status = 409
+    retry_after = None
+    kind = "poll_closed"
+
+
+class AlreadyVoted(VoteRejected):
+    """The voter has used every vote the poll allows; this one was not counted."""
+
+    status = 409
+    retry_after = None
+    kind = "already_voted"
+
+
+class IdempotencyKeyReused(VoteRejected):
+    """The Idempotency-Key was used before for a different request."""
+
+    status = 409
+    retry_after = None
+    kind = "idempotency_key_reused"
+
+
+class ResultsHidden(VoteRejected):
+    status = 403
+    retry_after = None
+    kind = "results_hidden"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from app.services.errors import (
     BacklogFull,
+    IdempotencyKeyReused,
     JournalUnavailable,
     LargerThanBacklog,
     NodeDown,
@@ -294,6 +295,43 @@ class PollingService:
         total = sum(n for options in counts.values() for n in options.values())
         self.accepted_votes += total
         return total
+
+    async def vote_once(self, key: str, fingerprint: str, counts: Counts) -> int:
+        """A request with an Idempotency-Key: applied on each node together with a marker
+        (kept 24 h), so a repeat counts nothing more, on any instance, after any restart.
+        Returns the votes of the request (counted now or by the first attempt)."""
+        self._check_accepting()
+        routed = self._route(counts)
+        if len(routed) > 1:  # refuse a reused key before any node applies anything
+            markers = await asyncio.gather(*(self._marker(node, key) for node in routed))
+            if any(m is not None and m != fingerprint for m in markers):
+                raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
+        outcomes = await asyncio.gather(
+            *(self.store.apply_once(node, key, fingerprint, c) for node, c in routed.items()),
+            return_exceptions=True,
+        )
+        for node_counts, outcome in zip(routed.values(), outcomes, strict=True):
+            if outcome == "applied":
+                self.cache.forget(list(node_counts))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, NodeUnavailable):
+                raise outcome
+        failed = [o for o in outcomes if isinstance(o, NodeUnavailable)]
+        if failed:
+            raise OutcomeUnknown(
+                f"{failed[0]}; retry with the same Idempotency-Key: it counts at most once"
+            )
+        if "reused" in outcomes:
+            raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
+        total = sum(n for options in counts.values() for n in options.values())
+        self.accepted_votes += total if "applied" in outcomes else 0
+        return total
+
+    async def _marker(self, node: str, key: str) -> str | None:
+        try:
+            return await self.store.marker(node, key)
+        except NodeUnavailable as exc:
+            raise NodeDown(f"{exc}; nothing was counted, retry later") from exc
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -112,6 +112,16 @@ class Store(Protocol):
         """Write-through: add counts at once, all or nothing on the node, no mark."""
         ...
 
+    async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
+        """Apply counts on the node together with a marker for `key` (kept 24 h), all or
+        nothing: "applied"; or nothing when the marker exists: "replayed" if it holds the
+        same fingerprint, "reused" if another request used the key."""
+        ...
+
+    async def marker(self, node: str, key: str) -> str | None:
+        """The fingerprint stored for an Idempotency-Key on the node, if any."""
+        ...
+
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int
     ) -> dict[str, set[str] | None]:

@@ -12,6 +12,7 @@ class MemoryStore:
         self._counts: Counts = {}
         self._applied: dict[str, int] = {}  # flusher_id -> highest seq applied
         self._options: dict[str, set[str]] = {}
+        self._idempotency: dict[str, str] = {}
 
     @property
     def nodes(self) -> list[str]:
@@ -50,6 +51,17 @@ class MemoryStore:
     async def apply_now(self, node: str, counts: Counts) -> Applied:
         self._add(counts)
         return Applied()
+
+    async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
+        seen = self._idempotency.get(key)
+        if seen is not None:
+            return "replayed" if seen == fingerprint else "reused"
+        self._add(counts)
+        self._idempotency[key] = fingerprint  # in memory: gone with the process anyway
+        return "applied"
+
+    async def marker(self, node: str, key: str) -> str | None:
+        return self._idempotency.get(key)
 
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int

@@ -33,19 +33,13 @@ logger = logging.getLogger("app.redis_store")
 
 T = TypeVar("T")
 SAFE_EVICTION_POLICIES = ("noeviction",)
+IDEMPOTENCY_TTL = 24 * 3600  # seconds a request's Idempotency-Key is remembered
 
-# KEYS[1] = the flusher's mark (unused when seq is 0: write-through),
-# then for each poll: its hash, its aside hash.
-# ARGV = seq, prev, then for each poll: n, option_1, count_1, ..., option_n, count_n.
-# Every key and field is checked before the first write, so the script writes all of a
-# batch or nothing: Redis does not undo a script's writes when a later command fails.
-APPLY = """
-local seq = tonumber(ARGV[1])
-if seq > 0 then
-  local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if seq <= mark then return {1} end
-  if tonumber(ARGV[2]) > mark then return {0} end
-end
+# Adding counts, shared by the scripts below. KEYS[2..] are, for each poll, its hash and its
+# aside hash; ARGV[3..] are, for each poll: n, option_1, count_1, ..., option_n, count_n.
+# Every key and field is checked before the first write, so a script writes all of its
+# counts or nothing: Redis does not undo a script's writes when a later command fails.
+ADD_COUNTS = """
 local LIMIT = 1000000000000000
 local function usable(key, a, n)
   local kind = redis.call('TYPE', key)['ok']
@@ -60,30 +54,67 @@ local function usable(key, a, n)
   end
   return true
 end
-local targets = {}
-local reply = {1}
-local a = 3
-for k = 2, #KEYS, 2 do
-  local n = tonumber(ARGV[a])
-  local target = KEYS[k]
-  if not usable(KEYS[k], a + 1, n) then
-    if not usable(KEYS[k + 1], a + 1, n) then
-      return redis.error_reply('UNUSABLE ' .. KEYS[k] .. ' and its aside key hold no counts')
+local function add_counts(reply)
+  local targets = {}
+  local a = 3
+  for k = 2, #KEYS, 2 do
+    local n = tonumber(ARGV[a])
+    local target = KEYS[k]
+    if not usable(KEYS[k], a + 1, n) then
+      if not usable(KEYS[k + 1], a + 1, n) then
+        return redis.error_reply('UNUSABLE ' .. KEYS[k] .. ' and its aside key hold no counts')
+      end
+      target = KEYS[k + 1]
+      table.insert(reply, KEYS[k])
     end
-    target = KEYS[k + 1]
-    table.insert(reply, KEYS[k])
+    table.insert(targets, {target, a + 1, n})
+    a = a + 1 + 2 * n
   end
-  table.insert(targets, {target, a + 1, n})
-  a = a + 1 + 2 * n
-end
-for _, t in ipairs(targets) do
-  for i = 0, t[3] - 1 do
-    redis.call('HINCRBY', t[1], ARGV[t[2] + 2 * i], ARGV[t[2] + 2 * i + 1])
+  for _, t in ipairs(targets) do
+    for i = 0, t[3] - 1 do
+      redis.call('HINCRBY', t[1], ARGV[t[2] + 2 * i], ARGV[t[2] + 2 * i + 1])
+    end
   end
+  return reply
 end
+"""
+
+# A batch. KEYS[1] = the flusher's mark (unused when seq is 0: write-through);
+# ARGV[1] = seq, ARGV[2] = prev. Replies {1, polls set aside...}, or {0}: not yet (prev).
+APPLY = (
+    ADD_COUNTS
+    + """
+local seq = tonumber(ARGV[1])
+if seq > 0 then
+  local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if seq <= mark then return {1} end
+  if tonumber(ARGV[2]) > mark then return {0} end
+end
+local reply = add_counts({1})
+if reply['err'] then return reply end
 if seq > 0 then redis.call('SET', KEYS[1], seq) end
 return reply
 """
+)
+
+# A request with an Idempotency-Key. KEYS[1] = its marker; ARGV[1] = the request's
+# fingerprint, ARGV[2] = how long the marker lasts. Replies {1, polls set aside...} when
+# applied now, {2} when the same request was applied before, {3} when the key was used
+# for another request.
+APPLY_ONCE = (
+    ADD_COUNTS
+    + """
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  if seen == ARGV[1] then return {2} end
+  return {3}
+end
+local reply = add_counts({1})
+if reply['err'] then return reply end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return reply
+"""
+)
 
 # KEYS[1] = poll hash, KEYS[2] = its aside hash, KEYS[3..] = marks. One atomic read.
 READ = """
@@ -122,6 +153,10 @@ def aside_key(poll_id: str) -> str:
 
 def options_key(poll_id: str) -> str:
     return f"poll:{{{poll_id}}}:options"
+
+
+def idempotency_key(key: str) -> str:
+    return f"idem:{key}"
 
 
 def hwm_key(flusher_id: str) -> str:
@@ -182,7 +217,8 @@ class ShardedRedisStore:
     async def close(self) -> None:
         await self.manager.close()
 
-    async def _call(self, node: str, operation: Awaitable[T]) -> T:
+    async def call(self, node: str, operation: Awaitable[T]) -> T:
+        """Run one node call; any failure becomes NodeUnavailable (password-free)."""
         try:
             return await operation
         except (TimeoutError, RedisError, OSError) as exc:
@@ -198,7 +234,7 @@ class ShardedRedisStore:
     async def check_node(self, node: str) -> None:
         client = self.manager.client(node)
         try:
-            reply = await self._call(node, client.config_get("maxmemory-policy"))
+            reply = await self.call(node, client.config_get("maxmemory-policy"))
         except NodeUnavailable as exc:
             if isinstance(exc.__cause__, ResponseError):  # CONFIG renamed or not allowed
                 logger.warning("node %s: cannot read its eviction policy (%s)", node, exc)
@@ -218,7 +254,7 @@ class ShardedRedisStore:
         node = self.node_for(poll_id)
         keys = [poll_key(poll_id), aside_key(poll_id), *map(hwm_key, flusher_ids)]
         client = self.manager.client(node)
-        stored, aside, *marks = await self._call(node, client.eval(READ, len(keys), *keys))
+        stored, aside, *marks = await self.call(node, client.eval(READ, len(keys), *keys))
         counts = _to_counts(stored)
         for option_id, n in _to_counts(aside).items():
             counts[option_id] = counts.get(option_id, 0) + n
@@ -234,7 +270,7 @@ class ShardedRedisStore:
             keys, args = _script_args(batch.counts)
             mark = hwm_key(batch.flusher_id)
             pipe.eval(APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
-        replies = await self._call(node, pipe.execute())
+        replies = await self.call(node, pipe.execute())
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier batch
             spec = self.manager.specs[node]
             raise NodeUnavailable(node, spec.safe_url, "an earlier batch has not landed")
@@ -244,8 +280,28 @@ class ShardedRedisStore:
         keys, args = _script_args(counts)
         client = self.manager.client(node)
         script = client.eval(APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args)
-        reply = await self._call(node, script)
+        reply = await self.call(node, script)
         return Applied(_set_aside([reply]))
+
+    async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
+        keys, args = _script_args(counts)
+        client = self.manager.client(node)
+        script = client.eval(
+            APPLY_ONCE,
+            len(keys) + 1,
+            idempotency_key(key),
+            *keys,
+            fingerprint,
+            IDEMPOTENCY_TTL,
+            *args,
+        )
+        reply = await self.call(node, script)
+        return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
+
+    async def marker(self, node: str, key: str) -> str | None:
+        client = self.manager.client(node)
+        found = await self.call(node, client.get(idempotency_key(key)))
+        return None if found is None else str(found)
 
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int
@@ -259,7 +315,7 @@ class ShardedRedisStore:
             for poll_id in polls:
                 keys = [options_key(poll_id), poll_key(poll_id)]
                 pipe.eval(REGISTER, 2, *keys, cap, *wanted[poll_id])
-            replies = await self._call(node, pipe.execute())
+            replies = await self.call(node, pipe.execute())
             return {
                 poll_id: set(reply[1]) if reply[0] == 1 else None
                 for poll_id, reply in zip(polls, replies, strict=True)
@@ -273,7 +329,7 @@ class ShardedRedisStore:
     async def forget_marks(self, node: str, flusher_ids: list[str]) -> None:
         if flusher_ids:
             client = self.manager.client(node)
-            await self._call(node, client.delete(*map(hwm_key, flusher_ids)))
+            await self.call(node, client.delete(*map(hwm_key, flusher_ids)))
 
     async def ping(self) -> dict[str, bool]:
         return await self.manager.ping_all()

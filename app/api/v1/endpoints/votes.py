@@ -56,7 +56,8 @@ async def cast_vote(poll_id: PollId, request: Request, service: ServiceDep) -> R
     by the service; it reaches Redis with the next batch flush (or at once when batching is
     off). Answers 503 with `Retry-After` when the poll's node has too large a backlog."""
     body = await read_request_body(request, MAX_VOTE_BODY)
-    return to_response(await handlers.vote(service, poll_id, body))
+    key = request.headers.get("idempotency-key")
+    return to_response(await handlers.vote(service, poll_id, body, key))
 
 
 BULK_SCHEMA = {
@@ -94,4 +95,5 @@ async def ingest_votes(request: Request, service: ServiceDep, settings: Settings
         return await read_request_body(request, limit)
 
     authorization = request.headers.get("authorization")
-    return to_response(await bulk.ingest(service, token, authorization, body))
+    key = request.headers.get("idempotency-key")
+    return to_response(await bulk.ingest(service, token, authorization, body, key))

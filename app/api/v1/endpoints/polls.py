@@ -1,0 +1,232 @@
+"""Defined polls: create, look up, vote, close, reveal, results."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Request, Response
+
+from app.api import defined
+from app.api.bulk import authorised
+from app.api.deps import DefinedDep, SettingsDep
+from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, too_large_reply
+from app.api.responses import ERRORS, read_request_body, to_response
+from app.api.v1.endpoints.votes import PollId, _json_body
+from app.api.voters import COOKIE, HEADER, cookie_value
+from app.schemas.defined import DefinedResults, PollCreate, PollOut
+from app.schemas.polls import Message, VoteAccepted, VoteRequest
+from app.services.defined_polls import new_poll_id
+from app.services.errors import VoteRejected
+from app.storage.defined import PollDefinition
+
+router = APIRouter(prefix="/polls", tags=["defined polls"])
+MAX_DEFINITION_BODY = 16 * 1024
+CREATE_EXAMPLE = {
+    "question": "Which talk next?",
+    "options": [{"id": "A", "label": "Rust"}, {"id": "B", "label": "Python"}],
+    "votes_per_voter": 1,
+    "results": "live",
+}
+ORGANISER: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "Missing or wrong bearer token."},
+    404: {"model": Message, "description": "No such poll, or no API_TOKEN is set."},
+}
+
+
+def _organiser(request: Request, settings: Any) -> Reply | None:
+    """None when the request carries the organiser's token, else the reply to give."""
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    if token is None:
+        return json_reply(404, {"detail": "Not Found"})
+    if not authorised(token, request.headers.get("authorization")):
+        return json_reply(
+            401, {"detail": "a valid bearer token is required"}, [(b"www-authenticate", b"Bearer")]
+        )
+    return None
+
+
+def _is_organiser(request: Request, settings: Any) -> bool:
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return authorised(token, request.headers.get("authorization"))
+
+
+def _definition(body: PollCreate) -> PollDefinition:
+    closes_at = int(body.closes_at.timestamp() * 1000) if body.closes_at else None
+    return PollDefinition(
+        body.poll_id or new_poll_id(),
+        body.question,
+        tuple((o.id, o.label) for o in body.options),
+        body.votes_per_voter,
+        body.results,
+        closes_at,
+        int(time.time() * 1000),
+    )
+
+
+@router.post(
+    "",
+    summary="Define a poll (organiser)",
+    status_code=201,
+    response_model=PollOut,
+    responses={
+        **ERRORS,
+        **ORGANISER,
+        409: {"model": Message, "description": "Id taken."},
+        413: {"model": Message, "description": "Body over 16 KiB."},
+    },
+    openapi_extra=_json_body(PollCreate.model_json_schema(), CREATE_EXAMPLE),
+)
+async def create_poll(request: Request, polls: DefinedDep, settings: SettingsDep) -> Response:
+    """Stores the definition on the poll's node. Needs `Authorization: Bearer <API_TOKEN>`."""
+    refused = _organiser(request, settings)
+    if refused:
+        return to_response(refused)
+    body = await read_request_body(request, MAX_DEFINITION_BODY)
+    if body is None:
+        return to_response(too_large_reply(MAX_DEFINITION_BODY))
+    try:
+        parsed = PollCreate.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        problems = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return to_response(invalid_reply(problems))
+    try:
+        record = await polls.create(_definition(parsed))
+    except VoteRejected as exc:
+        return to_response(rejected_reply(exc))
+    return to_response(json_reply(201, defined.describe(record)))
+
+
+@router.get(
+    "/{poll_id}",
+    summary="A poll's definition and state",
+    response_model=PollOut,
+    responses={**ERRORS, 404: {"model": Message, "description": "No such poll."}},
+)
+async def get_poll(
+    poll_id: PollId, request: Request, polls: DefinedDep, cookies: defined.CookiesDep
+) -> Response:
+    """Also gives a browser without one the signed voter cookie it votes with."""
+    try:
+        record = await polls.load(poll_id)
+    except VoteRejected as exc:
+        return to_response(rejected_reply(exc))
+    response = to_response(json_reply(200, defined.describe(record)))
+    value = cookie_value(request.headers.get("cookie"))
+    if value is None or cookies.verified(value) is None:
+        response.headers["set-cookie"] = cookies.set_cookie_header(cookies.new())
+    return response
+
+
+@router.post(
+    "/{poll_id}/vote",
+    summary="Vote in a defined poll",
+    response_model=VoteAccepted,
+    responses={
+        **ERRORS,
+        404: {"model": Message, "description": "No such poll."},
+        409: {"model": Message, "description": "`already_voted` or `poll_closed`."},
+        413: {"model": Message, "description": "Body over 1 KiB."},
+    },
+    openapi_extra={
+        **_json_body(VoteRequest.model_json_schema(), {"option_id": "A"}),
+        "parameters": [
+            {
+                "name": "X-Voter-Id",
+                "in": "header",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "pattern": r"^[A-Za-z0-9_.\-]{1,64}$",
+                },
+                "description": (
+                    f"The voter. A browser may instead send the signed `{COOKIE}` cookie that "
+                    "GET /api/v1/polls/{poll_id} gives it."
+                ),
+            }
+        ],
+    },
+)
+async def vote(
+    poll_id: PollId, request: Request, polls: DefinedDep, cookies: defined.CookiesDep
+) -> Response:
+    """Checked and counted on the poll's node before the answer: 200 means counted once,
+    409 `already_voted` or `poll_closed` means not counted."""
+    body = await read_request_body(request, defined.MAX_VOTE_BODY)
+    reply = await defined.vote(
+        polls, cookies, poll_id, body, request.headers.get(HEADER), request.headers.get("cookie")
+    )
+    return to_response(reply)
+
+
+async def _set_state(
+    action: str, poll_id: str, request: Request, polls: Any, settings: Any
+) -> Response:
+    refused = _organiser(request, settings)
+    if refused:
+        return to_response(refused)
+    try:
+        record = await (polls.close(poll_id) if action == "close" else polls.reveal(poll_id))
+    except VoteRejected as exc:
+        return to_response(rejected_reply(exc))
+    return to_response(json_reply(200, defined.describe(record)))
+
+
+@router.post(
+    "/{poll_id}/close",
+    summary="Close a poll (organiser)",
+    response_model=PollOut,
+    responses={**ERRORS, **ORGANISER},
+)
+async def close_poll(
+    poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
+) -> Response:
+    """From the moment this answers, no instance accepts a vote for the poll."""
+    return await _set_state("close", poll_id, request, polls, settings)
+
+
+@router.post(
+    "/{poll_id}/reveal",
+    summary="Make hidden results visible (organiser)",
+    response_model=PollOut,
+    responses={**ERRORS, **ORGANISER},
+)
+async def reveal_poll(
+    poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
+) -> Response:
+    """Hidden results become visible to everyone."""
+    return await _set_state("reveal", poll_id, request, polls, settings)
+
+
+@router.get(
+    "/{poll_id}/results",
+    summary="Results of a defined poll",
+    response_model=DefinedResults,
+    responses={
+        **ERRORS,
+        403: {"model": Message, "description": "Hidden until revealed (token sees them)."},
+        404: {"model": Message, "description": "No such poll."},
+    },
+)
+async def results(
+    poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
+) -> Response:
+    """Each option's count and `total_votes`, read from the node: exact across instances."""
+    try:
+        record = await polls.load(poll_id)
+    except VoteRejected as exc:
+        return to_response(rejected_reply(exc))
+    if not defined.results_visible(record, _is_organiser(request, settings)):
+        detail = {
+            "detail": "results are hidden until the organiser reveals them",
+            "type": "results_hidden",
+        }
+        return to_response(json_reply(403, detail))
+    served_via = polls.store.node_for(poll_id)
+    return to_response(json_reply(200, defined.results_payload(record, served_via)))

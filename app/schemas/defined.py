@@ -1,0 +1,86 @@
+"""Shapes of the defined-poll API, as the OpenAPI page documents them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from app.schemas.polls import Id
+
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class OptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Id
+    label: Label
+
+
+class PollCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "Which talk next?",
+                    "options": [{"id": "A", "label": "Rust"}, {"id": "B", "label": "Python"}],
+                    "votes_per_voter": 1,
+                    "results": "live",
+                }
+            ]
+        },
+    )
+    poll_id: Id | None = Field(None, description="Generated when absent.")
+    question: str = Field(min_length=1, max_length=500)
+    options: list[OptionIn] = Field(min_length=2, max_length=20)
+    votes_per_voter: int = Field(1, ge=1, le=20)
+    results: Literal["live", "hidden"] = "live"
+    closes_at: AwareDatetime | None = Field(None, description="ISO 8601 with a time zone.")
+
+    @field_validator("options")
+    @classmethod
+    def _distinct_ids(cls, options: list[OptionIn]) -> list[OptionIn]:
+        ids = [o.id for o in options]
+        if len(set(ids)) != len(ids):
+            raise ValueError("option ids must be distinct")
+        return options
+
+    @field_validator("closes_at")
+    @classmethod
+    def _in_the_future(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value <= dt.datetime.now(dt.UTC):
+            raise ValueError("closes_at must be in the future")
+        return value
+
+
+class OptionOut(BaseModel):
+    id: str
+    label: str
+
+
+class PollOut(BaseModel):
+    poll_id: str
+    question: str
+    options: list[OptionOut]
+    votes_per_voter: int
+    results: str = Field(description="`live` or `hidden`.")
+    closes_at: str | None
+    created_at: str
+    state: str = Field(description="`open` or `closed`.")
+    results_visible: bool
+
+
+class OptionCount(OptionOut):
+    count: int
+
+
+class DefinedResults(BaseModel):
+    poll_id: str
+    question: str
+    options: list[OptionCount]
+    total_votes: int = Field(description="Votes accepted: exact across instances at once.")
+    state: str
+    final: bool = Field(description="True once closed: every accepted vote is in the counts.")
+    served_via: str

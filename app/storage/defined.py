@@ -1,0 +1,240 @@
+"""Defined polls on the nodes: the organiser's definition, the voters, the counts.
+
+Keys, under the poll's hash tag in a namespace of their own (`def:`), so a defined poll never
+shares keys with the exercise's ad-hoc poll of the same id:
+- `def:{<id>}`: hash: the definition (question, options, votes_per_voter, results,
+  closes_at), its state (`open`/`closed`), `revealed`, and `total`: the votes accepted;
+- `def:{<id>}:counts`: hash, option -> count;
+- `def:{<id>}:voters`: hash, voter key -> votes used.
+
+A vote is checked and counted by one script, so an answer of 200 means the vote is stored:
+`total` always equals the sum of the counts, and a closed poll's results are final at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from app.core.redis_manager import RedisManager
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PollDefinition:
+    poll_id: str
+    question: str
+    options: tuple[tuple[str, str], ...]  # (id, label), in the organiser's order
+    votes_per_voter: int
+    results: str  # "live" or "hidden"
+    closes_at: int | None  # Unix time in milliseconds
+    created_at: int
+
+    @property
+    def option_ids(self) -> list[str]:
+        return [option_id for option_id, _ in self.options]
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """A defined poll as stored now."""
+
+    definition: PollDefinition
+    closed: bool
+    revealed: bool
+    counts: dict[str, int]
+    total: int
+
+
+@dataclass(frozen=True)
+class DefinedVote:
+    voter: str  # a fixed-size key derived from the voter's id
+    option_id: str
+
+
+class DefinedStore(Protocol):
+    def node_for(self, poll_id: str) -> str: ...
+
+    async def create(self, definition: PollDefinition) -> bool:
+        """Store a new definition; False if the id is taken."""
+        ...
+
+    async def load(self, poll_id: str) -> PollRecord | None: ...
+
+    async def vote(self, poll_id: str, votes: list[DefinedVote]) -> list[str]:
+        """Check and count each vote in one atomic step; per vote "ok", "already_voted",
+        "closed", "unknown_option" or "missing"."""
+        ...
+
+    async def vote_many(
+        self, node: str, polls: dict[str, list[DefinedVote]]
+    ) -> dict[str, list[str]]:
+        """`vote` for several polls of one node in one round trip."""
+        ...
+
+    async def set_state(self, poll_id: str, field: str, value: str) -> bool:
+        """Set `state` or `revealed`; False if the poll does not exist."""
+        ...
+
+
+def def_key(poll_id: str) -> str:
+    return f"def:{{{poll_id}}}"
+
+
+def counts_key(poll_id: str) -> str:
+    return f"def:{{{poll_id}}}:counts"
+
+
+def voters_key(poll_id: str) -> str:
+    return f"def:{{{poll_id}}}:voters"
+
+
+# KEYS[1] = the definition, KEYS[2] = counts, KEYS[3] = voters; ARGV = voter, option, ...
+# The node's clock decides `closes_at`, so every instance agrees on the moment.
+VOTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local f = redis.call('HMGET', KEYS[1], 'state', 'closes_at', 'votes_per_voter', 'option_ids')
+local closed = f[1] == 'closed'
+if not closed and f[2] and f[2] ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) >= tonumber(f[2]) then
+    closed = true
+    redis.call('HSET', KEYS[1], 'state', 'closed')
+  end
+end
+local limit = tonumber(f[3])
+local reply = {}
+local accepted = 0
+for i = 1, #ARGV, 2 do
+  local outcome = 'ok'
+  if closed then
+    outcome = 'closed'
+  elseif not string.find(f[4], '\\n' .. ARGV[i + 1] .. '\\n', 1, true) then
+    outcome = 'unknown_option'
+  elseif tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') >= limit then
+    outcome = 'already_voted'
+  else
+    redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    accepted = accepted + 1
+  end
+  reply[#reply + 1] = outcome
+end
+if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'total', accepted) end
+return reply
+"""
+
+# KEYS[1] = the definition, KEYS[2] = counts. The definition, the counts and the node's time.
+READ = """
+local t = redis.call('TIME')
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+"""
+
+# KEYS[1] = the definition; ARGV = field, value, ... Only if it exists.
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+SET_STATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def encode_definition(d: PollDefinition) -> list[str]:
+    fields = {
+        "question": d.question,
+        "options": json.dumps(d.options),
+        "option_ids": "\n" + "".join(f"{o}\n" for o in d.option_ids),
+        "votes_per_voter": str(d.votes_per_voter),
+        "results": d.results,
+        "closes_at": "" if d.closes_at is None else str(d.closes_at),
+        "created_at": str(d.created_at),
+        "state": "open",
+        "revealed": "0",
+        "total": "0",
+    }
+    return [x for pair in fields.items() for x in pair]
+
+
+def decode_record(
+    poll_id: str, raw: dict[str, str], counts: dict[str, str], now: int
+) -> PollRecord:
+    closes_at = int(raw["closes_at"]) if raw.get("closes_at") else None
+    definition = PollDefinition(
+        poll_id,
+        raw["question"],
+        tuple((str(o), str(label)) for o, label in json.loads(raw["options"])),
+        int(raw["votes_per_voter"]),
+        raw["results"],
+        closes_at,
+        int(raw["created_at"]),
+    )
+    closed = raw.get("state") == "closed" or (closes_at is not None and now >= closes_at)
+    return PollRecord(
+        definition,
+        closed,
+        raw.get("revealed") == "1",
+        {o: int(counts.get(o, 0)) for o in definition.option_ids},
+        int(raw.get("total", 0)),
+    )
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisDefinedStore:
+    def __init__(
+        self, manager: RedisManager, call: Callable[[str, Awaitable[Any]], Awaitable[Any]]
+    ) -> None:
+        self.manager = manager
+        self.call = call
+
+    def node_for(self, poll_id: str) -> str:
+        return self.manager.node_for(poll_id)
+
+    async def _eval(self, poll_id: str, script: str, keys: list[str], *args: str) -> Any:
+        node = self.node_for(poll_id)
+        client = self.manager.client(node)
+        return await self.call(node, client.eval(script, len(keys), *keys, *args))
+
+    async def create(self, definition: PollDefinition) -> bool:
+        keys = [def_key(definition.poll_id)]
+        return bool(
+            await self._eval(definition.poll_id, CREATE, keys, *encode_definition(definition))
+        )
+
+    async def load(self, poll_id: str) -> PollRecord | None:
+        raw, counts, now = await self._eval(poll_id, READ, [def_key(poll_id), counts_key(poll_id)])
+        if not raw:
+            return None
+        return decode_record(poll_id, _pairs(raw), _pairs(counts), int(now))
+
+    async def vote(self, poll_id: str, votes: list[DefinedVote]) -> list[str]:
+        found = await self.vote_many(self.node_for(poll_id), {poll_id: votes})
+        return found[poll_id]
+
+    async def vote_many(
+        self, node: str, polls: dict[str, list[DefinedVote]]
+    ) -> dict[str, list[str]]:
+        pipe = self.manager.client(node).pipeline(transaction=False)
+        for poll_id, votes in polls.items():
+            keys = [def_key(poll_id), counts_key(poll_id), voters_key(poll_id)]
+            args = [x for v in votes for x in (v.voter, v.option_id)]
+            pipe.eval(VOTE, len(keys), *keys, *args)
+        replies = await self.call(node, pipe.execute())
+        found: dict[str, list[str]] = {}
+        for (poll_id, votes), reply in zip(polls.items(), replies, strict=True):
+            found[poll_id] = reply if reply != ["missing"] else ["missing"] * len(votes)
+        return found
+
+    async def set_state(self, poll_id: str, field: str, value: str) -> bool:
+        return bool(await self._eval(poll_id, SET_STATE, [def_key(poll_id)], field, value))
