@@ -129,3 +129,43 @@ async def test_client_leaving_mid_body_counts_nothing() -> None:
     async with running_app(settings_for(None)) as (_, service):
         status, _, _ = await vote(service, "p", body)
         assert status == 422 and service.pending_votes() == 0
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "fastapi"])
+@pytest.mark.parametrize("dots", [".", ".."])
+async def test_dot_and_dot_dot_ids_are_refused_everywhere(fast: bool, dots: str) -> None:
+    """HTTP clients drop `.` and `..` path segments, so such a poll could never be reached."""
+    encoded = dots.replace(".", "%2E")  # httpx would drop a literal one, as clients do
+    settings = settings_for(None, fast_vote_path=fast, api_token="tok")
+    auth = {"Authorization": "Bearer tok"}
+    good = {"poll_id": "p", "option_id": "A", "count": 1}
+    async with running_app(settings) as (client, service):
+        answers = [
+            (await client.post(f"/api/v1/vote/{encoded}", json={"option_id": "A"}), "poll_id"),
+            (await client.post("/api/v1/vote/p", json={"option_id": dots}), "option_id"),
+            (await client.get(f"/api/v1/results/{encoded}"), "poll_id"),
+            (
+                await client.post(
+                    "/api/v1/votes", json=[good, {**good, "poll_id": dots}], headers=auth
+                ),
+                "poll_id",
+            ),
+            (
+                await client.post(
+                    "/api/v1/votes", json=[{**good, "option_id": dots}], headers=auth
+                ),
+                "option_id",
+            ),
+        ]
+        for answer, field in answers:
+            assert answer.status_code == 422, answer.text
+            problem = answer.json()["detail"][0]
+            assert problem["loc"][-1] == field
+            assert problem["msg"] == f"{field} must not be '.' or '..'"
+            assert problem["type"] == "string_pattern_mismatch"
+        assert service.pending_votes() == 0
+        # ids that merely contain dots are fine
+        for poll in ["...", ".a", "a..b"]:
+            r = await client.post(f"/api/v1/vote/{poll}", json={"option_id": ".x"})
+            assert r.status_code == 200, r.text
+        assert service.pending_votes() == 3

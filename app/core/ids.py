@@ -8,7 +8,15 @@ from typing import Any
 ID_MAX = 64
 ID_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 ID_RULE = "letters, digits, '-', '_' or '.'"
-ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+# `.` and `..` are refused: HTTP clients drop such path segments, so those polls could never
+# be reached. The JSON Schema pattern says the same without look-ahead (pydantic's regex
+# engine has none): starts with a non-dot, or `.` + non-dot, or `..` + at least one more.
+DOT_IDS = (".", "..")
+ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}"
+    r"|\.[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,62}"
+    r"|\.\.[A-Za-z0-9_.\-]{1,62})$"
+)
 
 ErrorItem = dict[str, Any]
 
@@ -29,4 +37,6 @@ def id_error(loc: list[str | int], value: object) -> ErrorItem | None:
         return error(loc, f"{name} must be at most {ID_MAX} characters", "string_too_long")
     if not ID_CHARS.fullmatch(value):
         return error(loc, f"{name} may only contain {ID_RULE}", "string_pattern_mismatch")
+    if value in DOT_IDS:
+        return error(loc, f"{name} must not be '.' or '..'", "string_pattern_mismatch")
     return None
