@@ -169,3 +169,36 @@ async def test_dot_and_dot_dot_ids_are_refused_everywhere(fast: bool, dots: str)
             r = await client.post(f"/api/v1/vote/{poll}", json={"option_id": ".x"})
             assert r.status_code == 200, r.text
         assert service.pending_votes() == 3
+
+
+KIB, MIB = 1024, 1024 * 1024
+NESTED = {
+    "arrays": lambda size: b"[" * size,
+    "objects": lambda size: b'{"a":' * (size // 5),
+    "inside a valid vote": lambda size: b'{"option_id": "A", "x": ' + b"[" * (size - 30),
+}
+
+
+@pytest.mark.parametrize("shape", list(NESTED))
+@pytest.mark.parametrize(
+    ("path", "fast", "size"),
+    [
+        ("/api/v1/vote/p", True, KIB),
+        ("/api/v1/vote/p", False, KIB),
+        ("/api/v1/votes", True, KIB),
+        ("/api/v1/votes", True, MIB),
+    ],
+    ids=["vote-fast-path", "vote-fastapi", "bulk-1KiB", "bulk-1MiB"],
+)
+async def test_deeply_nested_json_is_422_not_500(
+    path: str, fast: bool, size: int, shape: str
+) -> None:
+    body = NESTED[shape](size)
+    assert len(body) <= size
+    settings = settings_for(None, fast_vote_path=fast, api_token="tok")
+    headers = {"Authorization": "Bearer tok", "content-type": "application/json"}
+    async with running_app(settings) as (client, service):
+        r = await client.post(path, content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"][0] == "body"
+        assert service.pending_votes() == 0

@@ -46,6 +46,8 @@ def parse_vote_body(body: bytes) -> str:
         data = _decode_json(body)
     except msgspec.DecodeError:
         raise InvalidInput([error(["body"], "body must be valid JSON", "json_invalid")]) from None
+    except RecursionError:  # `[[[[...`: msgspec stops at the interpreter's recursion limit
+        raise InvalidInput([error(["body"], "body is nested too deeply", "json_invalid")]) from None
     if not isinstance(data, dict):
         raise InvalidInput(
             [error(["body"], 'body must be a JSON object like {"option_id": "A"}', "object_type")]
