@@ -70,6 +70,25 @@ def test_passwords_are_redacted() -> None:
     assert "pw" not in str(error.value).replace("***", "")
 
 
+@pytest.mark.parametrize(
+    ("entry", "label", "url", "safe_url"),
+    [
+        ("redis://:pa#s/s@h:1", "redis", "redis://:pa%23s%2Fs@h:1", "redis://:***@h:1"),
+        ("redis://:p=w@h:1", "redis", "redis://:p%3Dw@h:1", "redis://:***@h:1"),
+        ("x=redis://u:a@b:c@h:1/2", "x", "redis://u:a%40b%3Ac@h:1/2", "redis://u:***@h:1/2"),
+        ("redis://tok@h", "redis", "redis://tok@h", "redis://***@h"),
+        ("rediss://[::1]:7000?a=b", "redis", "rediss://[::1]:7000?a=b", "rediss://[::1]:7000?***"),
+        ("REDIS://h:1", "redis", "redis://h:1", "redis://h:1"),
+    ],
+)
+def test_node_urls_split_at_the_last_at_and_are_encoded_for_redis_py(
+    entry: str, label: str, url: str, safe_url: str
+) -> None:
+    [node] = parse_nodes(entry)
+    assert (node.label, node.url, node.safe_url) == (label, url, safe_url)
+    assert repr(node) == f"NodeSpec(label={label!r}, safe_url={safe_url!r})"
+
+
 def test_env_example_lists_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
     for name in Settings.model_fields:

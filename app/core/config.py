@@ -19,11 +19,16 @@ class SettingsError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_ignore_empty=False, extra="ignore", frozen=True
+        env_file=".env",
+        env_ignore_empty=False,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a node URL may hold a password
     )
 
     redis_nodes: str = Field(
         DEFAULT_NODES,
+        repr=False,  # may hold passwords; `nodes` shows them redacted
         description="Comma-separated `url` or `label=url`; empty for the in-memory store.",
     )
     virtual_nodes: int = Field(100, ge=1, le=10_000)
@@ -90,5 +95,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            problems.append(f"{name}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(message if message.startswith(name) else f"{name}: {message}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
