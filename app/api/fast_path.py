@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api import handlers
+from app.api.deadlines import BodyTimeout
 from app.api.validation import MAX_VOTE_BODY
 
 Scope = dict[str, Any]
@@ -23,6 +24,7 @@ JSON_TYPE = (b"content-type", b"application/json")
 class FastPath:
     def __init__(self, api: FastAPI, prefix: str) -> None:
         self.api = api
+        self.deadlines = api.state.body_deadlines
         self.vote_prefix = f"{prefix}/vote/"
         self.results_prefix = f"{prefix}/results/"
 
@@ -36,7 +38,11 @@ class FastPath:
                 for name, value in scope["headers"]:
                     if name == b"content-length":
                         length = value
-                body = await handlers.read_body(receive, MAX_VOTE_BODY, length)
+                try:
+                    body = await handlers.read_body(receive, MAX_VOTE_BODY, length, self.deadlines)
+                except BodyTimeout as exc:
+                    await _send(send, handlers.timeout_reply(exc))
+                    return
                 reply = await handlers.vote(service, path[len(self.vote_prefix) :], body)
                 await _send(send, reply)
                 return

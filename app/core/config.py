@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token for bulk ingestion; unset disables that endpoint."
     )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, description="How long a request body may take to arrive; then 408."
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")
