@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from app.core.config import Settings, SettingsError, load_settings
+from app.core.http_protocol import PROTOCOL
 from app.core.nodes import parse_nodes, redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def test_compose_file_agrees_with_the_settings() -> None:
 def test_dockerfile_and_requirements() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("FROM python:3.14-slim")
-    assert "--loop uvloop --http httptools" in dockerfile and "--workers ${WORKERS}" in dockerfile
+    assert f"--loop uvloop --http {PROTOCOL}" in dockerfile and "--workers ${WORKERS}" in dockerfile
     pins = [
         line
         for line in (ROOT / "requirements.txt").read_text().splitlines()

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         10.0, gt=0, le=3600, description="How long a request body may take to arrive; then 408."
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Most bytes of URL and headers a request may have (uvicorn); then 431.",
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")

@@ -9,6 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from app.core.config import SettingsError, load_settings
+from app.core.http_protocol import PROTOCOL
 from app.devtools.local_nodes import LocalNode
 
 DATA_DIR = Path(os.environ.get("LOCAL_DATA_DIR", ".data"))
@@ -40,7 +41,7 @@ def main() -> None:
             port=port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            http=PROTOCOL,
             access_log=False,
         )
     finally:
