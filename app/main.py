@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from app.api.deadlines import BodyDeadlines, BodyTimeout
 from app.api.fast_path import FastPath
+from app.api.handlers import timeout_reply
+from app.api.responses import to_response
 from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
@@ -101,6 +104,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def _body_timeout(request: Request, exc: Exception) -> Response:
+    """A body that did not arrive in time: 408, as the fast path answers it."""
+    assert isinstance(exc, BodyTimeout)
+    return to_response(timeout_reply(exc))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI | FastPath:
     """The ASGI app uvicorn runs: the API, behind the fast path unless that is turned off."""
     settings = settings or load_settings()
@@ -142,9 +151,10 @@ def create_api(settings: Settings) -> FastAPI:
         version="1.0.0",
         debug=settings.debug,
         lifespan=lifespan,
-        exception_handlers={RequestValidationError: _validation_error},
+        exception_handlers={RequestValidationError: _validation_error, BodyTimeout: _body_timeout},
     )
     app.state.settings = settings
+    app.state.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
 
     @app.get("/", tags=["health"], summary="Liveness")
     async def root() -> dict[str, str]:

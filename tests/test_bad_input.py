@@ -129,3 +129,76 @@ async def test_client_leaving_mid_body_counts_nothing() -> None:
     async with running_app(settings_for(None)) as (_, service):
         status, _, _ = await vote(service, "p", body)
         assert status == 422 and service.pending_votes() == 0
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "fastapi"])
+@pytest.mark.parametrize("dots", [".", ".."])
+async def test_dot_and_dot_dot_ids_are_refused_everywhere(fast: bool, dots: str) -> None:
+    """HTTP clients drop `.` and `..` path segments, so such a poll could never be reached."""
+    encoded = dots.replace(".", "%2E")  # httpx would drop a literal one, as clients do
+    settings = settings_for(None, fast_vote_path=fast, api_token="tok")
+    auth = {"Authorization": "Bearer tok"}
+    good = {"poll_id": "p", "option_id": "A", "count": 1}
+    async with running_app(settings) as (client, service):
+        answers = [
+            (await client.post(f"/api/v1/vote/{encoded}", json={"option_id": "A"}), "poll_id"),
+            (await client.post("/api/v1/vote/p", json={"option_id": dots}), "option_id"),
+            (await client.get(f"/api/v1/results/{encoded}"), "poll_id"),
+            (
+                await client.post(
+                    "/api/v1/votes", json=[good, {**good, "poll_id": dots}], headers=auth
+                ),
+                "poll_id",
+            ),
+            (
+                await client.post(
+                    "/api/v1/votes", json=[{**good, "option_id": dots}], headers=auth
+                ),
+                "option_id",
+            ),
+        ]
+        for answer, field in answers:
+            assert answer.status_code == 422, answer.text
+            problem = answer.json()["detail"][0]
+            assert problem["loc"][-1] == field
+            assert problem["msg"] == f"{field} must not be '.' or '..'"
+            assert problem["type"] == "string_pattern_mismatch"
+        assert service.pending_votes() == 0
+        # ids that merely contain dots are fine
+        for poll in ["...", ".a", "a..b"]:
+            r = await client.post(f"/api/v1/vote/{poll}", json={"option_id": ".x"})
+            assert r.status_code == 200, r.text
+        assert service.pending_votes() == 3
+
+
+KIB, MIB = 1024, 1024 * 1024
+NESTED = {
+    "arrays": lambda size: b"[" * size,
+    "objects": lambda size: b'{"a":' * (size // 5),
+    "inside a valid vote": lambda size: b'{"option_id": "A", "x": ' + b"[" * (size - 30),
+}
+
+
+@pytest.mark.parametrize("shape", list(NESTED))
+@pytest.mark.parametrize(
+    ("path", "fast", "size"),
+    [
+        ("/api/v1/vote/p", True, KIB),
+        ("/api/v1/vote/p", False, KIB),
+        ("/api/v1/votes", True, KIB),
+        ("/api/v1/votes", True, MIB),
+    ],
+    ids=["vote-fast-path", "vote-fastapi", "bulk-1KiB", "bulk-1MiB"],
+)
+async def test_deeply_nested_json_is_422_not_500(
+    path: str, fast: bool, size: int, shape: str
+) -> None:
+    body = NESTED[shape](size)
+    assert len(body) <= size
+    settings = settings_for(None, fast_vote_path=fast, api_token="tok")
+    headers = {"Authorization": "Bearer tok", "content-type": "application/json"}
+    async with running_app(settings) as (client, service):
+        r = await client.post(path, content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"][0] == "body"
+        assert service.pending_votes() == 0

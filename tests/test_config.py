@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
+from app.api.bulk import MAX_BULK_BODY
 from app.core.config import Settings, SettingsError, load_settings
+from app.core.http_protocol import PROTOCOL
 from app.core.nodes import parse_nodes, redact_url
+from app.devtools.local_nodes import free_port
+from tests.conftest import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +80,25 @@ def test_passwords_are_redacted() -> None:
     assert "pw" not in str(error.value).replace("***", "")
 
 
+@pytest.mark.parametrize(
+    ("entry", "label", "url", "safe_url"),
+    [
+        ("redis://:pa#s/s@h:1", "redis", "redis://:pa%23s%2Fs@h:1", "redis://:***@h:1"),
+        ("redis://:p=w@h:1", "redis", "redis://:p%3Dw@h:1", "redis://:***@h:1"),
+        ("x=redis://u:a@b:c@h:1/2", "x", "redis://u:a%40b%3Ac@h:1/2", "redis://u:***@h:1/2"),
+        ("redis://tok@h", "redis", "redis://tok@h", "redis://***@h"),
+        ("rediss://[::1]:7000?a=b", "redis", "rediss://[::1]:7000?a=b", "rediss://[::1]:7000?***"),
+        ("REDIS://h:1", "redis", "redis://h:1", "redis://h:1"),
+    ],
+)
+def test_node_urls_split_at_the_last_at_and_are_encoded_for_redis_py(
+    entry: str, label: str, url: str, safe_url: str
+) -> None:
+    [node] = parse_nodes(entry)
+    assert (node.label, node.url, node.safe_url) == (label, url, safe_url)
+    assert repr(node) == f"NodeSpec(label={label!r}, safe_url={safe_url!r})"
+
+
 def test_env_example_lists_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
     for name in Settings.model_fields:
@@ -80,7 +109,7 @@ def test_compose_file_agrees_with_the_settings() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     app = services["app"]
-    assert app["ports"] == ["8000:8000"]
+    assert "ports" not in app  # nginx is the way in
     nodes = parse_nodes(app["environment"]["REDIS_NODES"])
     assert [n.label for n in nodes] == ["redis_7000", "redis_7001"]
     for node, name, host_port in zip(
@@ -105,7 +134,7 @@ def test_compose_file_agrees_with_the_settings() -> None:
 def test_dockerfile_and_requirements() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("FROM python:3.14-slim")
-    assert "--loop uvloop --http httptools" in dockerfile and "--workers ${WORKERS}" in dockerfile
+    assert f"--loop uvloop --http {PROTOCOL}" in dockerfile and "--workers ${WORKERS}" in dockerfile
     pins = [
         line
         for line in (ROOT / "requirements.txt").read_text().splitlines()
@@ -114,3 +143,112 @@ def test_dockerfile_and_requirements() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert sorted(project["dependencies"]) == sorted(pins)
     assert all("==" in pin for pin in pins)
+
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024, "g": 1024**3}
+NGINX_TEMP = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+
+
+def nginx_directives(text: str) -> dict[str, str]:
+    """`name value;` lines of the config (the last one wins), comments dropped."""
+    found = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line.endswith(";") and " " in line:
+            name, value = line[:-1].split(None, 1)
+            found[name] = value.strip()
+    return found
+
+
+def nginx_size(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * SIZE_UNITS[unit]
+
+
+def test_compose_puts_nginx_in_front_with_limits() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nginx = services["nginx"]
+    assert nginx["image"].startswith("nginx:")
+    assert nginx["ports"] == ["8000:8000"]
+    assert "ports" not in services["app"]
+    assert nginx["depends_on"]["app"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["app"]
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+
+    text = NGINX_CONF.read_text()
+    conf = nginx_directives(text)
+    assert nginx_size(conf["client_max_body_size"]) >= MAX_BULK_BODY
+    assert f"at most {MAX_BULK_BODY} bytes" in text  # nginx's 413 says what the app's does
+    for name in ["client_header_timeout", "client_body_timeout", "send_timeout"]:
+        assert re.fullmatch(r"\d+s", conf[name]), name
+    assert "keepalive_timeout" in conf
+    count, size = conf["large_client_header_buffers"].split()
+    assert (int(count), nginx_size(size)) == (4, 8 * 1024)
+    assert conf["server"] == "app:8000" and conf["proxy_pass"] == "http://app"
+    assert conf["listen"] == "8000"
+
+
+def nginx_test_config(tmp_path: Path, listen: int, upstream: str) -> Path:
+    """deploy/nginx.conf for a local run: our port and upstream, temp files under tmp_path
+    (Debian's build keeps them in /var/lib/nginx, which exists only once it is installed)."""
+    text = NGINX_CONF.read_text()
+    text = text.replace("listen 8000;", f"listen 127.0.0.1:{listen};")
+    text = text.replace("server app:8000;", f"server {upstream};")
+    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in NGINX_TEMP)
+    text = text.replace("http {\n", "http {\n" + temp, 1)
+    path = tmp_path / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+
+
+def nginx_command(config: Path, tmp_path: Path, *extra: str) -> list[str]:
+    main = f"pid {tmp_path}/nginx.pid; daemon off; master_process off;"
+    return [str(NGINX), "-c", str(config), "-p", str(tmp_path), "-e", "stderr", "-g", main, *extra]
+
+
+@needs_nginx
+def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    config = nginx_test_config(tmp_path, free_port(), "127.0.0.1:9")
+    check = subprocess.run(nginx_command(config, tmp_path, "-t"), capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+@needs_nginx
+def test_nginx_in_front_passes_votes_and_answers_its_refusals_in_the_app_shape(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    service = start_service({"REDIS_NODES": "", "API_TOKEN": "tok"})
+    port = free_port()
+    config = nginx_test_config(tmp_path, port, f"127.0.0.1:{service.port}")
+    nginx = subprocess.Popen(nginx_command(config, tmp_path), stderr=subprocess.PIPE)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(200):  # until nginx listens
+                try:
+                    client.get("/")
+                    break
+                except httpx.TransportError:
+                    assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else ""
+                    time.sleep(0.05)
+            r = client.post("/api/v1/vote/p", json={"option_id": "A"})
+            assert r.status_code == 200, r.text
+            huge = client.post(
+                "/api/v1/votes",
+                content=b"[" + b" " * (3 * 1024 * 1024) + b"]",
+                headers={"Authorization": "Bearer tok"},
+            )
+            assert huge.status_code == 413
+            assert huge.json() == {"detail": "request body must be at most 2097152 bytes"}
+            long_head = client.get("/", headers={"X-Big": "a" * 10_000})
+            assert long_head.status_code == 431
+            assert long_head.json() == {"detail": "request header fields too large"}
+            assert client.get("/api/v1/results/" + "p" * 10_000).status_code == 414
+            assert client.get("/api/v1/results/p").json()["results"] == {"A": 1}
+    finally:
+        nginx.kill()
+        nginx.wait()

@@ -29,7 +29,8 @@ MAX_BULK_BODY = 2 * 1024 * 1024
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX)]
 SEPARATOR = "\x00"  # not an id character, so it cannot hide inside a valid id
-ALL_IDS = re.compile(r"[A-Za-z0-9_.\-]+(?:\x00[A-Za-z0-9_.\-]+)*")
+_ONE_ID = r"(?!\.\.?(?:\x00|\Z))[A-Za-z0-9_.\-]+"  # id characters, but not `.` or `..`
+ALL_IDS = re.compile(rf"{_ONE_ID}(?:\x00{_ONE_ID})*")
 
 
 class BulkEntry(msgspec.Struct, forbid_unknown_fields=True):

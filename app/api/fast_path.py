@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api import defined, handlers
+from app.api.deadlines import BodyTimeout
 from app.api.validation import MAX_VOTE_BODY
 
 Scope = dict[str, Any]
@@ -35,19 +36,30 @@ WANTED_HEADERS = {b"content-length", b"idempotency-key", b"x-voter-id", b"cookie
 class FastPath:
     def __init__(self, api: FastAPI, prefix: str) -> None:
         self.api = api
+        self.deadlines = api.state.body_deadlines
         self.vote_prefix = f"{prefix}/vote/"
         self.results_prefix = f"{prefix}/results/"
         self.polls_prefix = f"{prefix}/polls/"
 
+    async def _body(self, receive: Any, headers: dict[bytes, bytes]) -> bytes | None:
+        """The body, or None when it is too large; BodyTimeout when it does not arrive."""
+        return await handlers.read_body(
+            receive, MAX_VOTE_BODY, headers.get(b"content-length"), self.deadlines
+        )
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        except BodyTimeout as exc:
+            await _send(send, handlers.timeout_reply(exc))
+
+    async def _serve(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             method: str = scope["method"]
             if method == "POST" and path.startswith(self.vote_prefix):
                 headers = _headers(scope)
-                body = await handlers.read_body(
-                    receive, MAX_VOTE_BODY, headers.get(b"content-length")
-                )
+                body = await self._body(receive, headers)
                 key = _text(headers.get(b"idempotency-key"))
                 poll_id = path[len(self.vote_prefix) :]
                 reply = await handlers.vote(self.api.state.service, poll_id, body, key)
@@ -60,9 +72,7 @@ class FastPath:
                 and "/" not in path[len(self.polls_prefix) : -len("/vote")]
             ):
                 headers = _headers(scope)
-                body = await handlers.read_body(
-                    receive, MAX_VOTE_BODY, headers.get(b"content-length")
-                )
+                body = await self._body(receive, headers)
                 reply = await defined.vote(
                     self.api.state.defined,
                     self.api.state.voter_cookies,

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from app.api.deadlines import BodyDeadlines, BodyTimeout
 from app.api.validation import (
     MAX_VOTE_BODY,
     InvalidInput,
@@ -41,6 +42,11 @@ def too_large_reply(limit: int) -> Reply:
     return json_reply(413, {"detail": f"request body must be at most {limit} bytes"})
 
 
+def timeout_reply(exc: BodyTimeout) -> Reply:
+    """408; the connection closes, since the rest of the body may still be on its way."""
+    return json_reply(408, {"detail": str(exc)}, [(b"connection", b"close")])
+
+
 def rejected_reply(exc: VoteRejected) -> Reply:
     if isinstance(exc, TooManyOptions):
         return invalid_reply([error(["body", "option_id"], exc.message, "too_many_options")])
@@ -48,8 +54,20 @@ def rejected_reply(exc: VoteRejected) -> Reply:
     return json_reply(exc.status, {"detail": exc.message, "type": exc.kind}, headers)
 
 
-async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes | None:
-    """The request body, or None once it is known to be longer than `limit` bytes."""
+async def read_body(
+    receive: Receive,
+    limit: int,
+    content_length: bytes | None,
+    deadlines: BodyDeadlines | None = None,
+) -> bytes | None:
+    """The request body, or None once it is known to be longer than `limit` bytes.
+    Raises BodyTimeout when it has not all arrived by the deadline."""
+    if deadlines is None:
+        return await _read_body(receive, limit, content_length)
+    return await deadlines.run(_read_body(receive, limit, content_length))
+
+
+async def _read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes | None:
     if content_length is not None:
         try:
             if int(content_length) > limit:

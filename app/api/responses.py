@@ -12,9 +12,11 @@ from app.schemas.polls import Message, ValidationFailed
 
 
 async def read_request_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is longer than `limit` bytes."""
+    """The body, or None when it is longer than `limit` bytes; BodyTimeout past the deadline
+    (the app answers that with 408)."""
     length = request.headers.get("content-length")
-    return await read_body(request.receive, limit, length.encode() if length else None)
+    deadlines = request.app.state.body_deadlines
+    return await read_body(request.receive, limit, length.encode() if length else None, deadlines)
 
 
 def to_response(reply: Reply) -> Response:

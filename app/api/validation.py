@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import msgspec
 
-ID_MAX = 64
-ID_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
-ID_RULE = "letters, digits, '-', '_' or '.'"
-ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
-MAX_VOTE_BODY = 1024
+from app.core.ids import ID_CHARS, ID_MAX, ID_PATTERN, ID_RULE, ErrorItem, error, id_error
 
-ErrorItem = dict[str, Any]
+__all__ = [
+    "ID_CHARS",
+    "ID_MAX",
+    "ID_PATTERN",
+    "ID_RULE",
+    "MAX_VOTE_BODY",
+    "ErrorItem",
+    "InvalidInput",
+    "check_poll_id",
+    "error",
+    "id_error",
+    "parse_vote_body",
+]
+
+MAX_VOTE_BODY = 1024
 
 
 class InvalidInput(Exception):
@@ -22,24 +29,6 @@ class InvalidInput(Exception):
     def __init__(self, errors: list[ErrorItem]) -> None:
         super().__init__(errors)
         self.errors = errors
-
-
-def error(loc: list[str | int], msg: str, kind: str) -> ErrorItem:
-    return {"loc": loc, "msg": msg, "type": kind}
-
-
-def id_error(loc: list[str | int], value: object) -> ErrorItem | None:
-    """Why `value` is not a valid poll or option id, or None if it is."""
-    name = str(loc[-1])
-    if not isinstance(value, str):
-        return error(loc, f"{name} must be a string", "string_type")
-    if not value:
-        return error(loc, f"{name} must not be empty", "string_too_short")
-    if len(value) > ID_MAX:
-        return error(loc, f"{name} must be at most {ID_MAX} characters", "string_too_long")
-    if not ID_CHARS.fullmatch(value):
-        return error(loc, f"{name} may only contain {ID_RULE}", "string_pattern_mismatch")
-    return None
 
 
 def check_poll_id(poll_id: str) -> None:
@@ -57,6 +46,8 @@ def parse_vote_body(body: bytes) -> str:
         data = _decode_json(body)
     except msgspec.DecodeError:
         raise InvalidInput([error(["body"], "body must be valid JSON", "json_invalid")]) from None
+    except RecursionError:  # `[[[[...`: msgspec stops at the interpreter's recursion limit
+        raise InvalidInput([error(["body"], "body is nested too deeply", "json_invalid")]) from None
     if not isinstance(data, dict):
         raise InvalidInput(
             [error(["body"], 'body must be a JSON object like {"option_id": "A"}', "object_type")]

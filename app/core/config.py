@@ -19,11 +19,16 @@ class SettingsError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_ignore_empty=False, extra="ignore", frozen=True
+        env_file=".env",
+        env_ignore_empty=False,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a node URL may hold a password
     )
 
     redis_nodes: str = Field(
         DEFAULT_NODES,
+        repr=False,  # may hold passwords; `nodes` shows them redacted
         description="Comma-separated `url` or `label=url`; empty for the in-memory store.",
     )
     virtual_nodes: int = Field(100, ge=1, le=10_000)
@@ -57,6 +62,15 @@ class Settings(BaseSettings):
         None,
         description="Signs the voter cookies of defined polls; set the same value on every "
         "instance. Unset: a random secret per process (cookies then last one process).",
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, description="How long a request body may take to arrive; then 408."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Most bytes of URL and headers a request may have (uvicorn); then 431.",
     )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
@@ -98,5 +112,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            problems.append(f"{name}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(message if message.startswith(name) else f"{name}: {message}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

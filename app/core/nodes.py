@@ -1,21 +1,103 @@
-"""Parsing of `REDIS_NODES` entries: `url` or `label=url`. Nobody else parses node URLs."""
+"""Parsing of `REDIS_NODES` entries: `url` or `label=url`. Nobody else parses node URLs.
+
+Passwords never leave this module in the clear: `NodeSpec.safe_url` shows `user:***@host` or
+`***@host`, and errors name an entry by its position, never by its text.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote
 
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SCHEMES = ("redis", "rediss")
 
 
 @dataclass(frozen=True)
+class NodeURL:
+    """A node URL split our way: the userinfo is everything before the last `@`, so a
+    password may hold `/ # ? = @ :`, and `%` is taken literally."""
+
+    scheme: str
+    userinfo: str | None
+    host: str
+    port: str  # as written after the host's `:`; empty when there is none
+    rest: str  # path, query and fragment
+
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the URL, in words that quote none of it; None if nothing."""
+        if self.scheme.lower() not in SCHEMES:
+            return "the URL must start with redis:// or rediss://"
+        if self.host in ("", "[]"):
+            return "the URL has no host"
+        if self.port and not (self.port.isascii() and self.port.isdigit()):
+            return "the URL's port is not a number"
+        if self.port and int(self.port) > 65535:
+            return "the URL's port is over 65535"
+        return None
+
+    def _join(self, auth: str, rest: str) -> str:
+        port = f":{self.port}" if self.port else ""
+        return f"{self.scheme.lower()}://{auth}{self.host}{port}{rest}"
+
+    @property
+    def for_redis(self) -> str:
+        """The URL for redis-py, which percent-decodes the userinfo: so encode it here."""
+        if self.userinfo is None:
+            return self._join("", self.rest)
+        user, colon, password = self.userinfo.partition(":")
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if colon else "")
+        return self._join(auth + "@", self.rest)
+
+    @property
+    def redacted(self) -> str:
+        """The URL with the password (or a userinfo that may be one) and any query hidden."""
+        auth = ""
+        if self.userinfo is not None:
+            user, colon, _ = self.userinfo.partition(":")
+            auth = f"{user}:***@" if colon else "***@"  # a lone userinfo may be a password
+        cut = min((i for c in "?#" if (i := self.rest.find(c)) >= 0), default=len(self.rest))
+        hidden = self.rest[cut] + "***" if cut < len(self.rest) else ""  # `?password=...`
+        return self._join(auth, self.rest[:cut] + hidden)
+
+
+def split_url(url: str) -> NodeURL:
+    """Split without validating; `NodeURL.problem` says what is wrong, if anything."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo: str | None
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        userinfo = None
+    cut = min((i for c in "/?#" if (i := hostpart.find(c)) >= 0), default=len(hostpart))
+    authority, tail = hostpart[:cut], hostpart[cut:]
+    if authority.startswith("["):  # IPv6: [::1]:6379
+        host, _, after = authority.partition("]")
+        host += "]"
+        port = after[1:] if after.startswith(":") else after  # junk fails the port check
+    else:
+        host, _, port = authority.partition(":")
+    return NodeURL(scheme, userinfo, host, port, tail)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password hidden, for logs, health output and errors."""
+    return split_url(url).redacted
+
+
+@dataclass(frozen=True)
 class NodeSpec:
-    """One Redis node: the label `served_via` reports and the URL to connect to."""
+    """One Redis node: the label `served_via` reports and the URL to connect to (which may
+    hold a password, so it is left out of `repr`)."""
 
     label: str
     url: str
+
+    def __repr__(self) -> str:
+        return f"NodeSpec(label={self.label!r}, safe_url={self.safe_url!r})"
 
     @property
     def tls(self) -> bool:
@@ -27,26 +109,13 @@ class NodeSpec:
         return redact_url(self.url)
 
 
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ValueError(f"node URL {redact_url(url)!r} must start with redis:// or rediss://")
-    if not parts.hostname:
-        raise ValueError(f"node URL {redact_url(url)!r} has no host")
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise ValueError(f"node URL {redact_url(url)!r} has an invalid port") from None
+def split_entry(entry: str) -> tuple[str | None, str]:
+    """`label=url` or `url`: there is a label only if no `://` comes before the first `=`,
+    so an unlabelled URL may have `=` in its password."""
+    label, sep, url = entry.partition("=")
+    if not sep or "://" in label:
+        return None, entry
+    return label.strip(), url.strip()
 
 
 def parse_nodes(raw: str) -> list[NodeSpec]:
@@ -55,21 +124,23 @@ def parse_nodes(raw: str) -> list[NodeSpec]:
     Without explicit labels a single node is `redis` and several are `redis_<port>`.
     """
     entries = [e.strip() for e in raw.split(",") if e.strip()]
-    labelled: list[tuple[str | None, str]] = []
-    for entry in entries:
-        label, sep, url = entry.partition("=")
-        if not sep:
-            label, url = "", entry
-        label, url = label.strip(), url.strip()
-        _check_url(url)
-        if sep and not LABEL_PATTERN.match(label):
-            raise ValueError(f"node label {label!r} must be 1-64 letters, digits, '-', '_' or '.'")
-        labelled.append((label or None, url))
+    parsed: list[tuple[str | None, NodeURL]] = []
+    for position, entry in enumerate(entries, 1):
+        where = f"REDIS_NODES entry {position}"
+        label, url = split_entry(entry)
+        if label is not None and not LABEL_PATTERN.match(label):
+            raise ValueError(
+                f"{where}: the label before '=' must be 1-64 letters, digits, '-', '_' or '.'"
+            )
+        node_url = split_url(url)
+        if node_url.problem:
+            raise ValueError(f"{where}: {node_url.problem}")
+        parsed.append((label, node_url))
 
     nodes: list[NodeSpec] = []
-    for given, url in labelled:
-        default = "redis" if len(labelled) == 1 else f"redis_{urlsplit(url).port or 6379}"
-        nodes.append(NodeSpec(given or default, url))
+    for label, node_url in parsed:
+        default = "redis" if len(parsed) == 1 else f"redis_{int(node_url.port or 6379)}"
+        nodes.append(NodeSpec(label or default, node_url.for_redis))
     labels = [n.label for n in nodes]
     duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
     if duplicates:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import uvicorn
-
+from app.cli import serve
 from app.core.config import SettingsError, load_settings
 from app.devtools.local_nodes import LocalNode
 
@@ -33,16 +32,7 @@ def main() -> None:
         print(f"service on http://127.0.0.1:{port}  (docs: http://127.0.0.1:{port}/docs)")
         print(f"journal: {settings.journal_dir} (fsync {settings.journal_fsync})")
         print(f"workers: {settings.workers}; Ctrl-C stops everything")
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host="127.0.0.1",
-            port=port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-        )
+        serve("127.0.0.1", port, settings.workers)
     finally:
         for node in started:
             node.stop()

@@ -11,9 +11,10 @@ import time
 
 import httpx
 
+from app.core.http_protocol import PROTOCOL
 from app.devtools.local_nodes import free_port
 
-SERVER_OPTIONS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+SERVER_OPTIONS = ["--loop", "uvloop", "--http", PROTOCOL, "--no-access-log"]
 
 
 class UvicornProcess:

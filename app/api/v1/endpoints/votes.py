@@ -28,7 +28,7 @@ register_url_convertor("anytext", AnyTextConvertor())
 PollId = Annotated[
     str,
     Path(
-        description="The poll: 1-64 letters, digits, '-', '_' or '.'.",
+        description="The poll: 1-64 letters, digits, '-', '_' or '.', but not `.` or `..`.",
         examples=["100"],
         json_schema_extra={"minLength": 1, "maxLength": ID_MAX, "pattern": ID_PATTERN},
     ),
