@@ -184,3 +184,22 @@ async def abandon(service: PollingService) -> None:
                 os.close(fd)
     store = service.store
     await (store.inner if isinstance(store, FaultyStore) else store).close()
+
+
+def journaled_service(node_url: str, root: Path, plan: FaultPlan) -> PollingService:
+    """A service on one node `n` whose journal's file operations go through the plan;
+    it flushes only when told."""
+    from app.core.nodes import NodeSpec
+    from app.services.journal import Journal
+    from app.services.results_cache import ResultsCache
+    from app.storage.redis_store import ShardedRedisStore
+
+    return PollingService(
+        ShardedRedisStore([NodeSpec("n", node_url)], 100, 2.0),
+        batch_interval=3600,
+        batch_max_votes=10**9,
+        cache=ResultsCache(0, 10),
+        max_options_per_poll=10,
+        max_pending_pairs_per_node=1000,
+        journal=Journal(root, "always", FaultyFiles(plan)),
+    )

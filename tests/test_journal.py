@@ -290,12 +290,8 @@ async def test_a_damaged_journal_is_quarantined_and_the_rest_replays(
 async def test_a_crash_in_the_middle_of_recovery_neither_loses_nor_doubles(
     start_node: NodeFactory, tmp_path: Path
 ) -> None:
-    from app.core.nodes import NodeSpec
-    from app.services.journal import Journal
     from app.services.polling_service import PollingService
-    from app.services.results_cache import ResultsCache
-    from app.storage.redis_store import ShardedRedisStore
-    from tests.faults import Crash, FaultPlan, FaultyFiles, abandon
+    from tests.faults import Crash, FaultPlan, abandon, journaled_service
 
     node = start_node()
     slot = tmp_path / "j" / "slot-0"
@@ -304,15 +300,7 @@ async def test_a_crash_in_the_middle_of_recovery_neither_loses_nor_doubles(
     (slot / "votes-old-n-1.log").write_bytes(_record("big", "A", 1) * votes)
 
     def service(plan: FaultPlan) -> PollingService:
-        return PollingService(
-            ShardedRedisStore([NodeSpec("n", node.url)], 100, 2.0),
-            batch_interval=3600,
-            batch_max_votes=10**9,
-            cache=ResultsCache(0, 10),
-            max_options_per_poll=10,
-            max_pending_pairs_per_node=1000,
-            journal=Journal(tmp_path / "j", "always", FaultyFiles(plan)),
-        )
+        return journaled_service(node.url, tmp_path / "j", plan)
 
     for crash_at in ("rename", "delete"):  # after the sealed file lands; after a segment goes
         plan = FaultPlan()
@@ -347,12 +335,7 @@ async def test_a_recovery_split_across_two_workers_slots_counts_once(
     second worker would replay it again)."""
     import fcntl
 
-    from app.core.nodes import NodeSpec
-    from app.services.journal import Journal
-    from app.services.polling_service import PollingService
-    from app.services.results_cache import ResultsCache
-    from app.storage.redis_store import ShardedRedisStore
-    from tests.faults import Crash, FaultPlan, FaultyFiles, abandon
+    from tests.faults import Crash, FaultPlan, abandon, journaled_service
 
     node = start_node()
     root = tmp_path / "j"
@@ -368,15 +351,7 @@ async def test_a_recovery_split_across_two_workers_slots_counts_once(
         return fail
 
     plan.before = before  # type: ignore[method-assign]
-    crashed = PollingService(
-        ShardedRedisStore([NodeSpec("n", node.url)], 100, 2.0),
-        batch_interval=3600,
-        batch_max_votes=10**9,
-        cache=ResultsCache(0, 10),
-        max_options_per_poll=10,
-        max_pending_pairs_per_node=1000,
-        journal=Journal(root, "always", FaultyFiles(plan)),
-    )
+    crashed = journaled_service(node.url, root, plan)
     with pytest.raises(Crash):
         await crashed.start()
     await abandon(crashed)

@@ -8,8 +8,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, too_large_reply
-from app.api.validation import MAX_VOTE_BODY, InvalidInput, error, id_error, parse_vote_body
+from app.api.handlers import (
+    Reply,
+    invalid_reply,
+    json_reply,
+    parse_vote,
+    rejected_reply,
+    too_large_reply,
+)
+from app.api.validation import MAX_VOTE_BODY, error
 from app.api.voters import HEADER, VoterCookies, cookie_value, valid_header_id, voter_key
 from app.services.defined_polls import DefinedPolls, UnknownOption
 from app.services.errors import VoteRejected
@@ -94,15 +101,7 @@ async def vote(
 ) -> Reply:
     if body is None:
         return too_large_reply(MAX_VOTE_BODY)
-    problems = []
-    poll_problem = id_error(["path", "poll_id"], poll_id)
-    if poll_problem:
-        problems.append(poll_problem)
-    option_id = ""
-    try:
-        option_id = parse_vote_body(body)
-    except InvalidInput as exc:
-        problems += exc.errors
+    option_id, problems = parse_vote(poll_id, body)
     voter = voter_identity(cookies, voter_header, cookie_header)
     if isinstance(voter, dict):
         problems.append(voter)

@@ -105,12 +105,9 @@ def key_problem(key: str | None) -> list[dict[str, Any]]:
     return [problem] if problem else []
 
 
-async def vote(
-    service: PollingService, poll_id: str, body: bytes | None, idempotency_key: str | None = None
-) -> Reply:
-    if body is None:
-        return too_large_reply(MAX_VOTE_BODY)
-    problems = key_problem(idempotency_key)
+def parse_vote(poll_id: str, body: bytes) -> tuple[str, list[dict[str, Any]]]:
+    """The option id of a vote request, and every problem with its poll id and body."""
+    problems = []
     poll_problem = id_error(["path", "poll_id"], poll_id)
     if poll_problem:
         problems.append(poll_problem)
@@ -119,6 +116,16 @@ async def vote(
         option_id = parse_vote_body(body)
     except InvalidInput as exc:
         problems += exc.errors
+    return option_id, problems
+
+
+async def vote(
+    service: PollingService, poll_id: str, body: bytes | None, idempotency_key: str | None = None
+) -> Reply:
+    if body is None:
+        return too_large_reply(MAX_VOTE_BODY)
+    option_id, problems = parse_vote(poll_id, body)
+    problems = key_problem(idempotency_key) + problems
     if problems:
         return invalid_reply(problems)
     try:
