@@ -151,6 +151,7 @@ def create_api(settings: Settings) -> FastAPI:
         version="1.0.0",
         debug=settings.debug,
         lifespan=lifespan,
+        redirect_slashes=False,  # `/vote/` is no route: 404, not a redirect to one
         exception_handlers={RequestValidationError: _validation_error, BodyTimeout: _body_timeout},
     )
     app.state.settings = settings

@@ -142,8 +142,9 @@ class FaultyStore:
         call = lambda: self.inner.apply_once(node, key, fingerprint, counts)  # noqa: E731
         return await self._run("node write once", node, call)
 
-    async def marker(self, node: str, key: str) -> str | None:
-        return await self._run("node marker", node, lambda: self.inner.marker(node, key))
+    async def claim(self, key: str, fingerprint: str) -> str:
+        node = self.node_for(key)
+        return await self._run("node claim", node, lambda: self.inner.claim(key, fingerprint))
 
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int

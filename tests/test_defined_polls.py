@@ -118,6 +118,10 @@ async def test_votes_per_voter_and_the_cookie_a_browser_gets(two_nodes: list[Loc
         ({**POLL, "results": "sometimes"}, AUTH, 422, ["body", "results"]),
         ({**POLL, "closes_at": "2020-01-01T00:00:00Z"}, AUTH, 422, ["body", "closes_at"]),
         ({**POLL, "closes_at": "2099-01-01T00:00:00"}, AUTH, 422, ["body", "closes_at"]),
+        ({**POLL, "closes_at": "9999-12-31T23:59:59-14:00"}, AUTH, 422, ["body", "closes_at"]),
+        ({**POLL, "closes_at": 4102444800}, AUTH, 422, ["body", "closes_at"]),
+        ({**POLL, "votes_per_voter": True}, AUTH, 422, ["body", "votes_per_voter"]),
+        ({**POLL, "votes_per_voter": "2"}, AUTH, 422, ["body", "votes_per_voter"]),
         ({**POLL, "colour": "red"}, AUTH, 422, ["body", "colour"]),
         ([[[[[]]]]] * 1, AUTH, 422, ["body"]),
         (POLL, {}, 401, None),
@@ -377,3 +381,48 @@ async def test_kill_9_of_an_instance_keeps_every_counted_vote(
         results = (await client.get("/api/v1/polls/talk/results")).json()
         assert await vote(client, "k0", "A") == 409  # still known as having voted
     assert results["total_votes"] == statuses.count(200) == 100
+
+
+async def test_an_idempotency_key_is_one_request_whichever_nodes_it_touches(
+    two_nodes: list[LocalNode],
+) -> None:
+    async with running_app(settings_for(two_nodes, api_token=TOKEN)) as (client, service):
+        nodes = service.store.nodes
+        polls = [f"p{i}" for i in range(40)]
+        first = next(p for p in polls if service.store.node_for(p) == nodes[0])
+        second = next(p for p in polls if service.store.node_for(p) == nodes[1])
+        key = {"Idempotency-Key": "K1"}
+        assert (
+            await client.post(f"/api/v1/vote/{first}", json={"option_id": "A"}, headers=key)
+        ).status_code == 200
+        other = await client.post(f"/api/v1/vote/{second}", json={"option_id": "A"}, headers=key)
+        assert other.status_code == 409  # another node, same key: still the same request
+        for round_ in range(20):  # a bulk on both nodes racing a vote, both with one key
+            key = {"Idempotency-Key": f"race-{round_}"}
+            entries = [{"poll_id": p, "option_id": "B", "count": 10} for p in (first, second)]
+            bulk, single = await asyncio.gather(
+                client.post("/api/v1/votes", json=entries, headers={**AUTH, **key}),
+                client.post(f"/api/v1/vote/{second}", json={"option_id": "C"}, headers=key),
+            )
+            assert sorted([bulk.status_code, single.status_code]) == [200, 409]
+        counts = {
+            p: (await client.get(f"/api/v1/results/{p}")).json()["results"] for p in (first, second)
+        }
+    bulks_won = counts[first].get("B", 0) // 10
+    assert counts[first].get("A") == 1 and "A" not in counts[second]
+    assert counts[second].get("B", 0) == 10 * bulks_won  # refused bulks counted nothing
+    assert counts[second].get("C", 0) == 20 - bulks_won
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_both_paths_read_the_first_of_a_repeated_header(fast: bool) -> None:
+    settings = settings_for(None, api_token=TOKEN, fast_vote_path=fast)
+    async with running_app(settings) as (client, _):
+        await create(client)
+        repeated = [("x-voter-id", "bad id!"), ("x-voter-id", "ok")]
+        r = await client.post("/api/v1/polls/talk/vote", json={"option_id": "A"}, headers=repeated)
+        assert r.status_code == 422
+        slash = await client.post(
+            "/api/v1/polls/talk/vote/", json={"option_id": "A"}, headers=voter("x")
+        )
+        assert slash.status_code == 404

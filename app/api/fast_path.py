@@ -22,8 +22,13 @@ JSON_TYPE = (b"content-type", b"application/json")
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
-    """The request headers this layer reads (the last of each name wins)."""
-    return {name: value for name, value in scope["headers"] if name in WANTED_HEADERS}
+    """The request headers this layer reads; the first of a repeated name wins, as in
+    Starlette's `request.headers.get`, so both paths read the same value."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in WANTED_HEADERS and name not in found:
+            found[name] = value
+    return found
 
 
 def _text(value: bytes | None) -> str | None:

@@ -38,8 +38,10 @@ class VoterCookies:
             return voter_id
         return None
 
-    def set_cookie_header(self, value: str) -> str:
-        return f"{COOKIE}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax"
+    def set_cookie_header(self, value: str, secure: bool = False) -> str:
+        """`Secure` when the page came over HTTPS (behind a proxy: uvicorn's proxy headers)."""
+        flags = "; Secure" if secure else ""
+        return f"{COOKIE}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax{flags}"
 
 
 def valid_header_id(value: str) -> bool:

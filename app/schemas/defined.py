@@ -13,14 +13,20 @@ Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class OptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: Id
     label: Label
 
 
+MAX_OPEN_DAYS = 366
+
+
 class PollCreate(BaseModel):
+    """Strict: `true` or `"2"` is no `votes_per_voter`, a number is no `closes_at`."""
+
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -50,8 +56,11 @@ class PollCreate(BaseModel):
     @field_validator("closes_at")
     @classmethod
     def _in_the_future(cls, value: dt.datetime | None) -> dt.datetime | None:
-        if value is not None and value <= dt.datetime.now(dt.UTC):
+        now = dt.datetime.now(dt.UTC)
+        if value is not None and value <= now:
             raise ValueError("closes_at must be in the future")
+        if value is not None and value > now + dt.timedelta(days=MAX_OPEN_DAYS):
+            raise ValueError(f"closes_at must be within {MAX_OPEN_DAYS} days")
         return value
 
 

@@ -297,15 +297,19 @@ class PollingService:
         return total
 
     async def vote_once(self, key: str, fingerprint: str, counts: Counts) -> int:
-        """A request with an Idempotency-Key: applied on each node together with a marker
-        (kept 24 h), so a repeat counts nothing more, on any instance, after any restart.
-        Returns the votes of the request (counted now or by the first attempt)."""
+        """A request with an Idempotency-Key. The key is first claimed for this request in
+        one place (the key's own node), so another request with the same key is refused
+        before anything is applied; then each node applies its part together with a marker,
+        all or nothing, so a repeat counts nothing more, on any instance, after any restart.
+        Returns the votes of the request (counted now or by an earlier attempt)."""
         self._check_accepting()
+        try:
+            claim = await self.store.claim(key, fingerprint)
+        except NodeUnavailable as exc:
+            raise NodeDown(f"{exc}; nothing was counted, retry later") from exc
+        if claim == "reused":
+            raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
         routed = self._route(counts)
-        if len(routed) > 1:  # refuse a reused key before any node applies anything
-            markers = await asyncio.gather(*(self._marker(node, key) for node in routed))
-            if any(m is not None and m != fingerprint for m in markers):
-                raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
         outcomes = await asyncio.gather(
             *(self.store.apply_once(node, key, fingerprint, c) for node, c in routed.items()),
             return_exceptions=True,
@@ -321,17 +325,11 @@ class PollingService:
             raise OutcomeUnknown(
                 f"{failed[0]}; retry with the same Idempotency-Key: it counts at most once"
             )
-        if "reused" in outcomes:
-            raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
+        if "reused" in outcomes:  # a part marker older than the claim: past the 24 h
+            raise OutcomeUnknown("this Idempotency-Key was used more than 24 hours ago")
         total = sum(n for options in counts.values() for n in options.values())
         self.accepted_votes += total if "applied" in outcomes else 0
         return total
-
-    async def _marker(self, node: str, key: str) -> str | None:
-        try:
-            return await self.store.marker(node, key)
-        except NodeUnavailable as exc:
-            raise NodeDown(f"{exc}; nothing was counted, retry later") from exc
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -113,13 +113,15 @@ class Store(Protocol):
         ...
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
-        """Apply counts on the node together with a marker for `key` (kept 24 h), all or
-        nothing: "applied"; or nothing when the marker exists: "replayed" if it holds the
-        same fingerprint, "reused" if another request used the key."""
+        """Apply counts on the node together with a marker for `key`'s part there (kept a
+        little longer than the claim), all or nothing: "applied"; or nothing when the marker
+        exists: "replayed" if it holds the same fingerprint, "reused" if not."""
         ...
 
-    async def marker(self, node: str, key: str) -> str | None:
-        """The fingerprint stored for an Idempotency-Key on the node, if any."""
+    async def claim(self, key: str, fingerprint: str) -> str:
+        """Claim an Idempotency-Key for a request, in one place (the key's own node), for
+        24 h: "claimed" now, "same" if this request claimed it before, "reused" if another
+        request did."""
         ...
 
     async def register_options(

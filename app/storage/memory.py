@@ -13,6 +13,7 @@ class MemoryStore:
         self._applied: dict[str, int] = {}  # flusher_id -> highest seq applied
         self._options: dict[str, set[str]] = {}
         self._idempotency: dict[str, str] = {}
+        self._claims: dict[str, str] = {}
 
     @property
     def nodes(self) -> list[str]:
@@ -60,8 +61,9 @@ class MemoryStore:
         self._idempotency[key] = fingerprint  # in memory: gone with the process anyway
         return "applied"
 
-    async def marker(self, node: str, key: str) -> str | None:
-        return self._idempotency.get(key)
+    async def claim(self, key: str, fingerprint: str) -> str:
+        seen = self._claims.setdefault(key, fingerprint)
+        return "claimed" if seen is fingerprint else "same" if seen == fingerprint else "reused"
 
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int

@@ -34,6 +34,7 @@ logger = logging.getLogger("app.redis_store")
 T = TypeVar("T")
 SAFE_EVICTION_POLICIES = ("noeviction",)
 IDEMPOTENCY_TTL = 24 * 3600  # seconds a request's Idempotency-Key is remembered
+PART_TTL = IDEMPOTENCY_TTL + 3600  # a part's marker outlives its claim: no late repeat
 
 # Adding counts, shared by the scripts below. KEYS[2..] are, for each poll, its hash and its
 # aside hash; ARGV[3..] are, for each poll: n, option_1, count_1, ..., option_n, count_n.
@@ -155,8 +156,14 @@ def options_key(poll_id: str) -> str:
     return f"poll:{{{poll_id}}}:options"
 
 
+def claim_key(key: str) -> str:
+    """Where a request's Idempotency-Key is claimed: on the node the key itself maps to."""
+    return f"idem:{{{key}}}"
+
+
 def idempotency_key(key: str) -> str:
-    return f"idem:{key}"
+    """The marker of the part of a keyed request that one node applied."""
+    return f"idem:{{{key}}}:part"
 
 
 def hwm_key(flusher_id: str) -> str:
@@ -298,10 +305,16 @@ class ShardedRedisStore:
         reply = await self.call(node, script)
         return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
 
-    async def marker(self, node: str, key: str) -> str | None:
+    async def claim(self, key: str, fingerprint: str) -> str:
+        node = self.node_for(key)
         client = self.manager.client(node)
-        found = await self.call(node, client.get(idempotency_key(key)))
-        return None if found is None else str(found)
+        claimed = await self.call(
+            node, client.set(claim_key(key), fingerprint, nx=True, ex=IDEMPOTENCY_TTL)
+        )
+        if claimed:
+            return "claimed"
+        found = await self.call(node, client.get(claim_key(key)))
+        return "same" if found == fingerprint else "reused"
 
     async def register_options(
         self, wanted: dict[str, list[str]], cap: int

@@ -118,7 +118,8 @@ async def get_poll(
     response = to_response(json_reply(200, defined.describe(record)))
     value = cookie_value(request.headers.get("cookie"))
     if value is None or cookies.verified(value) is None:
-        response.headers["set-cookie"] = cookies.set_cookie_header(cookies.new())
+        secure = request.url.scheme == "https"
+        response.headers["set-cookie"] = cookies.set_cookie_header(cookies.new(), secure)
     return response
 
 
