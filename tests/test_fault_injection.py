@@ -68,10 +68,12 @@ def build(nodes: list[LocalNode], folder: Path, plan: FaultPlan) -> PollingServi
     )
 
 
-async def vote(service: PollingService, tally: Tally, poll: str, option: str) -> None:
+async def vote(
+    service: PollingService, tally: Tally, poll: str, option: str, key: str | None = None
+) -> None:
     try:
         status, body, _ = await handlers.vote(
-            service, poll, b'{"option_id": "%s"}' % option.encode()
+            service, poll, b'{"option_id": "%s"}' % option.encode(), key
         )
     except Crash:
         tally.unknown[poll, option] += 1
@@ -83,7 +85,10 @@ async def vote(service: PollingService, tally: Tally, poll: str, option: str) ->
 
 
 async def vote_bulk(
-    service: PollingService, tally: Tally, entries: list[tuple[str, str, int]]
+    service: PollingService,
+    tally: Tally,
+    entries: list[tuple[str, str, int]],
+    key: str | None = None,
 ) -> None:
     payload = msgspec.json.encode(
         [{"poll_id": p, "option_id": o, "count": n} for p, o, n in entries]
@@ -94,7 +99,7 @@ async def vote_bulk(
 
     pairs = Counter({(p, o): n for p, o, n in entries})
     try:
-        status, reply, _ = await bulk.ingest(service, TOKEN, f"Bearer {TOKEN}", body)
+        status, reply, _ = await bulk.ingest(service, TOKEN, f"Bearer {TOKEN}", body, key)
     except Crash:
         tally.unknown.update(pairs)
         raise
@@ -111,6 +116,8 @@ async def scenario(nodes: list[LocalNode], folder: Path, plan: FaultPlan, tally:
         for i in range(8):
             await vote(service, tally, POLLS[i % 6], "AB"[i % 2])
         await vote_bulk(service, tally, [("p0", "A", 5), ("p1", "C", 3), ("p4", "B", 2)])
+        await vote(service, tally, "p3", "C", key="once")  # written through, with its key
+        await vote_bulk(service, tally, [("p0", "C", 2), ("p5", "C", 4)], key="bulk-once")
         await service.flusher.flush()
         await vote(service, tally, "p2", "A")
         await vote(service, tally, "p3", "B")
