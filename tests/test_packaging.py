@@ -45,6 +45,8 @@ def test_the_wheel_holds_only_the_app_package_and_the_live_polling_script(
     assert {n.split("/")[0] for n in names} - {metadata[0].split("/")[0]} == {"app"}
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "app").rglob("*.py")}
     assert sources == {n for n in names if n.endswith(".py")}
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "app" / "web").rglob("*.*")}
+    assert pages <= set(names)  # the templates and static files of the pages too
     assert "[console_scripts]\nlive-polling = app.cli:main" in scripts
 
 
