@@ -9,7 +9,10 @@ const pollId = main.dataset.pollId;
 function outcome(status, body) {
   if (status === 200) return messages.ok;
   if (body && messages[body.type]) return messages[body.type];
-  if (status === 422) return messages.unknown_option;
+  if (status === 422) {
+    const noVoter = body?.detail?.some((d) => d.loc.includes("x-voter-id"));
+    return noVoter ? messages.no_cookie : messages.unknown_option;
+  }
   return messages.unavailable;
 }
 
