@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from app.api.deadlines import BodyDeadlines, BodyTimeout
@@ -30,6 +31,7 @@ from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
 from app.storage.redis_store import ShardedRedisStore
+from app.web import routes as web
 
 logger = logging.getLogger("app.main")
 
@@ -162,4 +164,6 @@ def create_api(settings: Settings) -> FastAPI:
         return {"status": "healthy"}
 
     app.include_router(api_router, prefix=settings.api_prefix)
+    app.include_router(web.router)  # the pages of the live room
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

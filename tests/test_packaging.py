@@ -45,6 +45,11 @@ def test_the_wheel_holds_only_the_app_package_and_the_live_polling_script(
     assert {n.split("/")[0] for n in names} - {metadata[0].split("/")[0]} == {"app"}
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "app").rglob("*.py")}
     assert sources == {n for n in names if n.endswith(".py")}
+    web = ROOT / "app" / "web"
+    pages = {
+        p.relative_to(ROOT).as_posix() for d in ("templates", "static") for p in (web / d).iterdir()
+    }
+    assert pages <= set(names)  # the templates and static files of the pages too
     assert "[console_scripts]\nlive-polling = app.cli:main" in scripts
 
 

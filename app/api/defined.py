@@ -76,6 +76,17 @@ def results_visible(record: PollRecord, organiser: bool) -> bool:
     return organiser or record.definition.results == "live" or record.revealed
 
 
+def cookie_to_set(
+    cookies: VoterCookies, cookie_header: str | None, secure: bool = False
+) -> str | None:
+    """The `Set-Cookie` value that gives a browser without a valid voter cookie a new one
+    (`secure` when the page came over HTTPS)."""
+    value = cookie_value(cookie_header)
+    if value is None or cookies.verified(value) is None:
+        return cookies.set_cookie_header(cookies.new(), secure)
+    return None
+
+
 def voter_identity(
     cookies: VoterCookies, header: str | None, cookie_header: str | None
 ) -> str | dict[str, Any]:

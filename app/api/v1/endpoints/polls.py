@@ -14,7 +14,7 @@ from app.api.deps import DefinedDep, SettingsDep
 from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, too_large_reply
 from app.api.responses import ERRORS, read_request_body, to_response
 from app.api.v1.endpoints.votes import PollId, _json_body
-from app.api.voters import COOKIE, HEADER, cookie_value
+from app.api.voters import COOKIE, HEADER
 from app.schemas.defined import DefinedResults, PollCreate, PollOut
 from app.schemas.polls import Message, VoteAccepted, VoteRequest
 from app.services.defined_polls import new_poll_id
@@ -116,10 +116,10 @@ async def get_poll(
     except VoteRejected as exc:
         return to_response(rejected_reply(exc))
     response = to_response(json_reply(200, defined.describe(record)))
-    value = cookie_value(request.headers.get("cookie"))
-    if value is None or cookies.verified(value) is None:
-        secure = request.url.scheme == "https"
-        response.headers["set-cookie"] = cookies.set_cookie_header(cookies.new(), secure)
+    secure = request.url.scheme == "https"
+    set_cookie = defined.cookie_to_set(cookies, request.headers.get("cookie"), secure)
+    if set_cookie:
+        response.headers["set-cookie"] = set_cookie
     return response
 
 

@@ -1,0 +1,204 @@
+"""The live room in a real headless Chromium, driven by Playwright, against the real service
+(uvicorn, two nodes): the organiser creates a poll on the organiser page, three voters vote
+from their phones, the presenter page shows the counts live, the organiser closes the poll.
+
+Every test saves a screenshot in tests/screenshots/ (git-ignored) for a person to look at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from app.devtools.local_nodes import LocalNode
+from tests.conftest import ServiceProcess, nodes_setting
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+TOKEN = "organiser-token"
+PHONE = {"viewport": {"width": 390, "height": 780}, "device_scale_factor": 2, "is_mobile": True}
+LIVE = 2_000  # ms: the issue's "within 2 s" of the last vote, as the assertion's wait
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def service(
+    two_nodes: list[LocalNode], start_service: Callable[..., ServiceProcess]
+) -> ServiceProcess:
+    env = {"REDIS_NODES": nodes_setting(two_nodes), "API_TOKEN": TOKEN, "VOTER_SECRET": "s"}
+    return start_service(env)
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+
+def create_on_organiser_page(page: Page, question: str, labels: list[str], results: str) -> str:
+    """Types the token, fills the form, submits; the new poll's id, from the list."""
+    page.get_by_label("Organiser token").fill(TOKEN)
+    page.get_by_role("button", name="Use this token").click()
+    expect(page.get_by_text("Token set for this tab")).to_be_visible()
+    page.get_by_label("Question").fill(question)
+    for i, label in enumerate(labels):
+        page.get_by_label(f"Option {i + 1}", exact=True).fill(label)
+    page.get_by_label("Results").select_option(results)
+    page.get_by_role("button", name="Create the poll").click()
+    expect(page.locator("#create-message")).to_contain_text("Poll created")
+    item = page.locator("#polls li").filter(has_text=question)
+    expect(item).to_contain_text("open")
+    poll_id = item.get_attribute("data-poll-id")
+    assert poll_id
+    return poll_id
+
+
+def vote(page: Page, label: str) -> None:
+    page.get_by_role("button", name=label, exact=True).click()
+
+
+def expect_counts(presenter: Page, counts: dict[str, int], total: int) -> None:
+    for option_id, count in counts.items():
+        bar = presenter.locator(f'.bar[data-option="{option_id}"] .count')
+        expect(bar).to_have_text(str(count), timeout=LIVE)
+    expect(presenter.locator("#total")).to_have_text(str(total), timeout=LIVE)
+
+
+def test_organiser_creates_voters_vote_presenter_shows_live_then_final(
+    browser: Browser, service: ServiceProcess
+) -> None:
+    organiser = browser.new_page(base_url=service.url)
+    organiser.goto("/organise")
+    poll_id = create_on_organiser_page(
+        organiser, "Which talk next?", ["Rust", "Python", "Go", "Zig"], "live"
+    )
+    presenter = browser.new_page(base_url=service.url, viewport={"width": 1280, "height": 720})
+    href = organiser.get_by_role("link", name="Presenter page").get_attribute("href")
+    assert href == f"/present/{poll_id}"
+    presenter.goto(href)
+    join_url = f"{service.url}/p/{poll_id}"
+    expect(presenter.locator("#join-url")).to_have_text(join_url)
+    expect(presenter.locator(".qr svg")).to_be_visible()
+    expect_counts(presenter, {"A": 0, "B": 0, "C": 0, "D": 0}, 0)
+
+    voters = [browser.new_context(**PHONE) for _ in range(3)]  # three separate phones
+    pages = [context.new_page() for context in voters]
+    for page, label in zip(pages, ["Rust", "Python", "Go"], strict=True):
+        page.goto(join_url)
+        vote(page, label)
+        expect(page.locator("#message")).to_have_text("Your vote counted")
+    expect_counts(presenter, {"A": 1, "B": 1, "C": 1, "D": 0}, 3)
+    screenshot(pages[0], "voter_counted")
+
+    vote(pages[0], "Python")  # the same voter again
+    expect(pages[0].locator("#message")).to_have_text("You already voted")
+    results = httpx.get(f"{service.url}/api/v1/polls/{poll_id}/results").json()
+    assert [o["count"] for o in results["options"]] == [1, 1, 1, 0]
+    assert results["total_votes"] == 3
+    expect_counts(presenter, {"A": 1, "B": 1, "C": 1, "D": 0}, 3)
+
+    item = organiser.locator(f'#polls li[data-poll-id="{poll_id}"]')
+    item.get_by_role("button", name="Close").click()
+    expect(item.locator(".poll-state")).to_have_text("closed")
+    expect(presenter.locator("#state")).to_have_text("Voting closed — final results", timeout=LIVE)
+    expect_counts(presenter, {"A": 1, "B": 1, "C": 1, "D": 0}, 3)
+    screenshot(presenter, "presenter_final")
+    screenshot(organiser, "organiser")
+
+    vote(pages[2], "Zig")
+    expect(pages[2].locator("#message")).to_have_text("This poll is closed")
+    for context in voters:
+        context.close()
+
+
+def test_hidden_results_show_on_the_presenter_page_once_revealed(
+    browser: Browser, service: ServiceProcess
+) -> None:
+    organiser = browser.new_page(base_url=service.url)
+    organiser.goto("/organise")
+    poll_id = create_on_organiser_page(organiser, "Best snack?", ["Tea", "Cake"], "hidden")
+    presenter = browser.new_page(base_url=service.url)
+    presenter.goto(f"/present/{poll_id}")
+    expect(presenter.get_by_text("Results hidden until revealed")).to_be_visible()
+    expect(presenter.locator("#bars")).to_be_hidden()
+
+    phone = browser.new_context(**PHONE)
+    voter = phone.new_page()
+    voter.goto(f"{service.url}/p/{poll_id}")
+    vote(voter, "Cake")
+    expect(voter.locator("#message")).to_have_text("Your vote counted")
+    screenshot(presenter, "presenter_hidden")
+
+    item = organiser.locator(f'#polls li[data-poll-id="{poll_id}"]')
+    item.get_by_role("button", name="Reveal").click()
+    expect(presenter.locator("#bars")).to_be_visible(timeout=LIVE)
+    expect_counts(presenter, {"A": 0, "B": 1}, 1)
+    phone.close()
+
+
+def test_voter_page_without_javascript_votes_through_the_plain_form(
+    browser: Browser, service: ServiceProcess
+) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    definition = {
+        "poll_id": "nojs",
+        "question": "Coffee or tea?",
+        "options": [{"id": "C", "label": "Coffee"}, {"id": "T", "label": "Tea"}],
+    }
+    created = httpx.post(f"{service.url}/api/v1/polls", json=definition, headers=auth)
+    assert created.status_code == 201
+    context = browser.new_context(java_script_enabled=False, **PHONE)
+    page = context.new_page()
+    page.goto(f"{service.url}/p/nojs")
+    assert any(c["name"] == "voter" for c in context.cookies())
+    vote(page, "Tea")
+    expect(page.locator("#message")).to_have_text("Your vote counted")
+    assert page.url == f"{service.url}/p/nojs"  # a page from the form's POST
+    screenshot(page, "voter_no_javascript")
+    vote(page, "Coffee")
+    expect(page.locator("#message")).to_have_text("You already voted")
+    httpx.post(f"{service.url}/api/v1/polls/nojs/close", headers=auth)
+    vote(page, "Coffee")
+    expect(page.locator("#message")).to_have_text("This poll is closed")
+    no_cookie = httpx.post(f"{service.url}/p/nojs", data={"option_id": "C"})
+    assert no_cookie.status_code == 422 and "must accept cookies" in no_cookie.text
+    assert no_cookie.headers["set-cookie"].startswith("voter=")
+    results = httpx.get(f"{service.url}/api/v1/polls/nojs/results").json()
+    assert [o["count"] for o in results["options"]] == [0, 1]
+    context.close()
+
+
+def test_unknown_poll_gives_the_404_page(browser: Browser, service: ServiceProcess) -> None:
+    page = browser.new_page(base_url=service.url)
+    for path in ["/p/no-such-poll", "/present/no-such-poll", "/p/bad%20id"]:
+        response = page.goto(path)
+        assert response is not None and response.status == 404, path
+        assert response.headers["content-type"].startswith("text/html")
+        expect(page.get_by_role("heading", name="No such poll")).to_be_visible()
+    screenshot(page, "not_found")
+    answer = httpx.post(f"{service.url}/p/no-such-poll", data={"option_id": "A"})
+    assert answer.status_code == 404 and "No such poll" in answer.text
