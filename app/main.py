@@ -24,6 +24,7 @@ from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
+from app.services.metrics import metrics_registry, metrics_route
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
@@ -158,6 +159,8 @@ def create_api(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
+    registry, app.state.metrics = metrics_registry(app.state)
+    app.router.routes.append(metrics_route(registry))
 
     @app.get("/", tags=["health"], summary="Liveness")
     async def root() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,13 +15,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.bulk import MAX_BULK_BODY
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.http_protocol import PROTOCOL
 from app.core.nodes import parse_nodes, redact_url
 from app.devtools.local_nodes import free_port
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, running_app, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,6 +145,48 @@ def test_dockerfile_and_requirements() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert sorted(project["dependencies"]) == sorted(pins)
     assert all("==" in pin for pin in pins)
+
+
+MONITORING = {"prometheus", "grafana"}
+
+
+def test_compose_monitoring_profile_scrapes_the_app() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+        tag = services[name]["image"].partition(":")[2]
+        assert tag and tag != "latest", name  # pinned
+    assert all("profiles" not in spec for n, spec in services.items() if n not in MONITORING)
+    assert (
+        "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+        in (services["prometheus"]["volumes"])
+    )
+    grafana_volumes = "\n".join(services["grafana"]["volumes"])
+    assert "./deploy/grafana/dashboard.json:" in grafana_volumes
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning" in grafana_volumes
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = config["scrape_configs"]
+    assert [t for job in jobs for c in job["static_configs"] for t in c["targets"]] == ["app:8000"]
+    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs)
+    datasource = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090" and datasource["uid"] == "prometheus"
+
+
+async def test_every_dashboard_query_names_a_metric_the_app_exports(tmp_path: Path) -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboard.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(queries) >= 8
+    settings = settings_for(None, journal_dir=str(tmp_path))
+    async with running_app(settings) as (client, _):
+        await client.post("/api/v1/vote/p", json={"option": "A"})  # a rejection, so it shows
+        text = (await client.get("/metrics")).text
+    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    for query in queries:
+        named = set(re.findall(r"\bpolling_\w+", query))
+        assert named, query
+        assert named <= exported, (query, named - exported)
 
 
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"

@@ -15,8 +15,10 @@ from app.api.handlers import (
     invalid_reply,
     json_reply,
     key_problem,
+    refused,
     rejected_reply,
     too_large_reply,
+    vote_path,
 )
 from app.api.validation import ID_MAX, error, id_error
 from app.services.errors import VoteRejected
@@ -107,6 +109,19 @@ async def ingest(
     idempotency_key: str | None = None,
 ) -> Reply:
     """The whole request: the token first (no body is read without it), then the entries."""
+    reply = await _ingest(service, token, authorization, read_body, idempotency_key)
+    if reply[0] != 200:
+        refused(service.rejected, vote_path(idempotency_key, bulk=True), reply)
+    return reply
+
+
+async def _ingest(
+    service: PollingService,
+    token: str | None,
+    authorization: str | None,
+    read_body: Callable[[int], Awaitable[bytes | None]],
+    idempotency_key: str | None,
+) -> Reply:
     if token is None:
         return json_reply(404, {"detail": "Not Found"})
     if not authorised(token, authorization):
@@ -136,7 +151,7 @@ async def ingest(
             fingerprint = "bulk " + hashlib.sha256(body).hexdigest()
             total = await service.vote_once(idempotency_key, fingerprint, counts)
         elif service.write_through:
-            total = await service.vote_write_through(counts)
+            total = await service.vote_write_through(counts, bulk=True)
         else:
             total = service.vote_many(counts)
             if service.waits_for_disk:

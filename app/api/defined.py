@@ -13,6 +13,7 @@ from app.api.handlers import (
     invalid_reply,
     json_reply,
     parse_vote,
+    refused,
     rejected_reply,
     too_large_reply,
 )
@@ -103,6 +104,20 @@ def voter_identity(
 
 
 async def vote(
+    polls: DefinedPolls,
+    cookies: VoterCookies,
+    poll_id: str,
+    body: bytes | None,
+    voter_header: str | None,
+    cookie_header: str | None,
+) -> Reply:
+    reply = await _vote(polls, cookies, poll_id, body, voter_header, cookie_header)
+    if reply[0] != 200:
+        refused(polls.rejected, "defined", reply)
+    return reply
+
+
+async def _vote(
     polls: DefinedPolls,
     cookies: VoterCookies,
     poll_id: str,

@@ -20,6 +20,7 @@ from app.api.validation import (
     parse_vote_body,
 )
 from app.services.errors import TooManyOptions, VoteRejected
+from app.services.metrics import Rejections
 from app.services.polling_service import PollingService
 
 Headers = list[tuple[bytes, bytes]]
@@ -52,6 +53,27 @@ def rejected_reply(exc: VoteRejected) -> Reply:
         return invalid_reply([error(["body", "option_id"], exc.message, "too_many_options")])
     headers = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
     return json_reply(exc.status, {"detail": exc.message, "type": exc.kind}, headers)
+
+
+REASON_BY_STATUS = {401: "unauthorized", 404: "not_found", 413: "too_large"}
+
+
+def refused(rejected: Rejections, path: str, reply: Reply) -> Reply:
+    """Count a refused vote request for the metrics, by reason: `invalid` for a 422, else
+    the error `type` the client got (or what the status says when the reply has none)."""
+    status, body, _ = reply
+    reason = "invalid" if status == 422 else msgspec.json.decode(body).get("type")
+    if not isinstance(reason, str):
+        reason = REASON_BY_STATUS.get(status, f"http_{status}")
+    rejected[path, reason] = rejected.get((path, reason), 0) + 1
+    return reply
+
+
+def vote_path(idempotency_key: str | None, bulk: bool = False) -> str:
+    """The metrics' name for how a vote came in."""
+    if idempotency_key is not None:
+        return "keyed"
+    return "bulk" if bulk else "adhoc"
 
 
 async def read_body(
@@ -123,11 +145,11 @@ async def vote(
     service: PollingService, poll_id: str, body: bytes | None, idempotency_key: str | None = None
 ) -> Reply:
     if body is None:
-        return too_large_reply(MAX_VOTE_BODY)
+        return refused(service.rejected, vote_path(idempotency_key), too_large_reply(MAX_VOTE_BODY))
     option_id, problems = parse_vote(poll_id, body)
     problems = key_problem(idempotency_key) + problems
     if problems:
-        return invalid_reply(problems)
+        return refused(service.rejected, vote_path(idempotency_key), invalid_reply(problems))
     try:
         if not service.options.knows(poll_id, option_id):
             await service.register({poll_id: [option_id]})
@@ -141,7 +163,7 @@ async def vote(
             if service.waits_for_disk:
                 await service.commit()
     except VoteRejected as exc:
-        return rejected_reply(exc)
+        return refused(service.rejected, vote_path(idempotency_key), rejected_reply(exc))
     return 200, VOTE_ACCEPTED, []
 
 

@@ -22,6 +22,7 @@ from app.services.errors import (
     PollExists,
     PollNotFound,
 )
+from app.services.metrics import Rejections
 from app.services.node_batcher import NodeBatcher
 from app.storage.base import NodeUnavailable
 from app.storage.defined import DefinedStore, DefinedVote, PollDefinition, PollRecord
@@ -56,6 +57,7 @@ class DefinedPolls:
         self.store = store
         self.batcher: NodeBatcher[_Check, str] = NodeBatcher(self._send)
         self.accepted_votes = 0
+        self.rejected: Rejections = {}  # the API counts refused votes here
         self._definitions: OrderedDict[str, PollDefinition] = OrderedDict()
         self._max_definitions = max_definitions
 

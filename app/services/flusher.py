@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 
 from app.services.journal import Journal, SealUnit
+from app.services.metrics import flush_histogram
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Batch, Counts, NodeUnavailable, Store
 
@@ -66,6 +67,8 @@ class Flusher:
         self.unsealed: dict[str, str] = {}  # node -> why its batches could not be sealed
         self.set_aside: dict[str, set[str]] = {}  # node -> polls stored in their aside key
         self.flushes = 0
+        self.flush_seconds = flush_histogram()
+        self.retries: dict[str, int] = {}  # node -> flushes that retried a failed attempt
         self.round_trips = 0  # store.apply calls: one pipeline to one node each
         self._units: dict[str, list[SealUnit]] = {}  # node -> units to seal before sending
         self.checked: set[str] = set()  # nodes whose eviction policy was checked
@@ -192,7 +195,13 @@ class Flusher:
                 aside.update(new[: MAX_SET_ASIDE_SHOWN - len(aside)])
         return True
 
+    def node_up(self, node: str) -> bool:
+        """As far as the last flush knows: checked at start or since, and not failing."""
+        return node in self.checked and node not in self.down and node not in self.unsealed
+
     async def _flush_node(self, node: str) -> tuple[int, int]:
+        if node in self.down or node in self.unsealed:
+            self.retries[node] = self.retries.get(node, 0) + 1
         batches = self.in_flight.get(node) or self._take(node)
         if not batches or not self._sealed(node) or not await self._send(node, batches):
             return 0, 0
@@ -221,6 +230,7 @@ class Flusher:
             polls = sum(p for _, p in results)
             landed_nodes = sum(1 for v, _ in results if v)
             self.flushes += 1
+            self.flush_seconds.observe(time.perf_counter() - started)
             held = self.in_flight_votes()
             logger.info(
                 "flush: %d votes, %d polls, %d nodes in %.1f ms%s",

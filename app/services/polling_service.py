@@ -24,6 +24,7 @@ from app.services.flusher import Flusher
 from app.services.journal import Journal, JournalWriteFailed, SealUnit
 from app.services.journal_format import Entry
 from app.services.known_options import KnownOptions
+from app.services.metrics import Rejections
 from app.services.results_cache import CacheEntry, ResultsCache
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Counts, NodeMisconfigured, NodeUnavailable, Snapshot, Store
@@ -81,7 +82,19 @@ class PollingService:
         )
         self.options = KnownOptions(cache.max_polls)
         self.accepting = False
-        self.accepted_votes = 0  # acknowledged since start, for health and the benchmark
+        # Votes acknowledged since start, by path (the metrics read them; health the sum).
+        self.accepted_adhoc = 0
+        self.accepted_bulk = 0
+        self.accepted_keyed = 0
+        self.rejected: Rejections = {}  # the API counts refused requests here
+
+    @property
+    def accepted_votes(self) -> int:
+        return self.accepted_adhoc + self.accepted_bulk + self.accepted_keyed
+
+    def accepted_by_path(self) -> dict[str, int]:
+        bulk, keyed = self.accepted_bulk, self.accepted_keyed
+        return {"adhoc": self.accepted_adhoc, "bulk": bulk, "keyed": keyed}
 
     @property
     def waits_for_disk(self) -> bool:
@@ -211,7 +224,7 @@ class PollingService:
             except JournalWriteFailed as exc:
                 raise JournalUnavailable(str(exc)) from exc
         buffer.add(poll_id, option_id)
-        self.accepted_votes += 1
+        self.accepted_adhoc += 1
         if buffer.votes >= self.batch_max_votes:
             self.flusher.wake()
 
@@ -267,10 +280,10 @@ class PollingService:
         total = 0
         for poll_id, options in counts.items():
             total += self.buffers[self.store.node_for(poll_id)].add_counts(poll_id, options)
-        self.accepted_votes += total
+        self.accepted_bulk += total
         return total
 
-    async def vote_write_through(self, counts: Counts) -> int:
+    async def vote_write_through(self, counts: Counts, bulk: bool = False) -> int:
         """Stages 2 and 3: apply the votes to their nodes before acknowledging them. Each
         node takes its part all or nothing; a failure answers 503, typed
         `outcome_unknown` unless no part can have been applied."""
@@ -293,7 +306,10 @@ class PollingService:
                 raise OutcomeUnknown(f"{failed[0]}; the votes may or may not be counted")
             raise NodeDown(f"{failed[0]}; nothing was counted, retry later")
         total = sum(n for options in counts.values() for n in options.values())
-        self.accepted_votes += total
+        if bulk:
+            self.accepted_bulk += total
+        else:
+            self.accepted_adhoc += total
         return total
 
     async def vote_once(self, key: str, fingerprint: str, counts: Counts) -> int:
@@ -328,7 +344,7 @@ class PollingService:
         if "reused" in outcomes:  # a part marker older than the claim: past the 24 h
             raise OutcomeUnknown("this Idempotency-Key was used more than 24 hours ago")
         total = sum(n for options in counts.values() for n in options.values())
-        self.accepted_votes += total if "applied" in outcomes else 0
+        self.accepted_keyed += total if "applied" in outcomes else 0
         return total
 
     # -- reads -----------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class ResultsCache:
         self.max_polls = max_polls
         self.clock = clock
         self.version = 0
+        self.hits = 0
+        self.misses = 0
         self._entries: dict[str, CacheEntry] = {}
 
     @property
@@ -48,7 +50,9 @@ class ResultsCache:
             return None
         entry = self._entries.get(poll_id)
         if entry is not None and self.clock() - entry.stored_at < self.ttl:
+            self.hits += 1
             return entry
+        self.misses += 1
         return None
 
     def any(self, poll_id: str) -> CacheEntry | None:
