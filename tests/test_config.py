@@ -222,6 +222,7 @@ def test_compose_puts_nginx_in_front_with_limits() -> None:
 
     text = NGINX_CONF.read_text()
     conf = nginx_directives(text)
+    assert "location = /metrics {\n            return 404;" in text  # not on the public port
     assert nginx_size(conf["client_max_body_size"]) >= MAX_BULK_BODY
     assert f"at most {MAX_BULK_BODY} bytes" in text  # nginx's 413 says what the app's does
     for name in ["client_header_timeout", "client_body_timeout", "send_timeout"]:
