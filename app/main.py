@@ -23,6 +23,7 @@ from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
+from app.services.live_results import LiveResults
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
@@ -127,6 +128,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.service = service
         app.state.defined = build_defined(service.store)
         app.state.voter_cookies = build_cookies(settings)
+        app.state.live = LiveResults(settings.stream_interval_seconds)
         await service.start()
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
@@ -138,6 +140,7 @@ def create_api(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.live.close()
             if await service.stop():
                 logger.info("stopped: all held votes flushed")
             else:
