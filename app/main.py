@@ -24,6 +24,7 @@ from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
+from app.services.live_results import LiveResults
 from app.services.metrics import metrics_registry, metrics_route
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
@@ -130,6 +131,8 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.service = service
         app.state.defined = build_defined(service.store)
         app.state.voter_cookies = build_cookies(settings)
+        app.state.live = live = LiveResults(settings.stream_interval_seconds)
+        app.state.metrics.stream_subscribers = lambda: live.subscribers
         await service.start()
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
@@ -141,6 +144,7 @@ def create_api(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.live.close()
             if await service.stop():
                 logger.info("stopped: all held votes flushed")
             else:

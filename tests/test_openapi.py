@@ -23,6 +23,10 @@ async def test_every_endpoint_is_documented_with_examples() -> None:
         ("/api/v1/polls/{poll_id}/close", "post"),
         ("/api/v1/polls/{poll_id}/reveal", "post"),
         ("/api/v1/polls/{poll_id}/results", "get"),
+        ("/api/v1/polls/{poll_id}/results.csv", "get"),
+        ("/api/v1/polls/{poll_id}/history", "get"),
+        ("/api/v1/polls/{poll_id}/stream", "get"),
+        ("/api/v1/results/{poll_id}/stream", "get"),
     }
     assert {(p, m) for p, item in spec["paths"].items() for m in item} == operations
     for path, method in operations - {("/", "get")}:
@@ -34,6 +38,9 @@ async def test_every_endpoint_is_documented_with_examples() -> None:
     assert {"200", "413", "422", "503"} <= set(vote["responses"])
     bulk = spec["paths"]["/api/v1/votes"]["post"]
     assert bulk["requestBody"]["content"]["application/json"]["example"][0]["count"] == 12
+    for path in ["/api/v1/polls/{poll_id}/stream", "/api/v1/results/{poll_id}/stream"]:
+        content = spec["paths"][path]["get"]["responses"]["200"]["content"]
+        assert content["text/event-stream"]["example"].startswith("id: "), path
     schemas = spec["components"]["schemas"]
     for name in ["VoteAccepted", "PollResults", "ValidationFailed", "BulkAccepted"]:
         assert schemas[name]["examples"], name

@@ -38,9 +38,13 @@ def service_url() -> Iterator[str]:
 
 
 def operations() -> list[Any]:
-    """Every documented operation, read from the app's own OpenAPI document."""
+    """Every documented operation, read from the app's own OpenAPI document, but the live
+    results streams: a valid request to one is an answer that never ends (by design), which
+    a request-and-check fuzzer cannot take. Their bad input (422, 403, 404, a malformed
+    `Last-Event-ID`) is tested in tests/test_streams.py."""
     spec = create_api(load_settings(redis_nodes="")).openapi()
-    return [op.ok() for op in schemathesis.openapi.from_dict(spec).get_all_operations()]
+    found = [op.ok() for op in schemathesis.openapi.from_dict(spec).get_all_operations()]
+    return [op for op in found if not op.path.endswith("/stream")]
 
 
 def names_the_problem(response: Any) -> None:

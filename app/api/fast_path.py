@@ -88,7 +88,11 @@ class FastPath:
                 )
                 await _send(send, reply)
                 return
-            if method == "GET" and path.startswith(self.results_prefix):
+            if (
+                method == "GET"
+                and path.startswith(self.results_prefix)
+                and "/" not in path[len(self.results_prefix) :]  # not .../stream
+            ):
                 service = self.api.state.service
                 reply = await handlers.results(service, path[len(self.results_prefix) :])
                 await _send(send, reply)

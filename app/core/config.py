@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         le=1024 * 1024,
         description="Most bytes of URL and headers a request may have (uvicorn); then 431.",
     )
+    stream_interval_seconds: float = Field(
+        0.5, gt=0, le=60, description="Most one live results event per poll per this long."
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")

@@ -93,3 +93,27 @@ class DefinedResults(BaseModel):
     state: str
     final: bool = Field(description="True once closed: every accepted vote is in the counts.")
     served_via: str
+
+
+class HistoryPoint(BaseModel):
+    at: str = Field(description="ISO 8601, UTC, the node's clock.")
+    counts: dict[str, int]
+    total: int
+
+
+class PollHistory(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "poll_id": "talk",
+                    "points": [
+                        {"at": "2026-12-01T19:02:00.500Z", "counts": {"A": 1, "B": 0}, "total": 1},
+                        {"at": "2026-12-01T19:02:01Z", "counts": {"A": 3, "B": 2}, "total": 5},
+                    ],
+                }
+            ]
+        }
+    )
+    poll_id: str
+    points: list[HistoryPoint]

@@ -8,6 +8,7 @@ means not counted. Checks waiting for the same node share one round trip (`NodeB
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -141,6 +142,23 @@ class DefinedPolls:
 
     async def reveal(self, poll_id: str) -> PollRecord:
         return await self.set_state(poll_id, "revealed", "1")
+
+    async def record_point(self, record: PollRecord) -> bool:
+        """Add the record's totals to the poll's history if they are newer than its last
+        point (see `DefinedStore.record_point`)."""
+        counts = {o: record.counts.get(o, 0) for o in record.definition.option_ids}
+        try:
+            return await self.store.record_point(
+                record.definition.poll_id, json.dumps(counts, separators=(",", ":")), record.total
+            )
+        except NodeUnavailable as exc:
+            raise NodeDown(f"{exc}; retry later") from exc
+
+    async def history(self, poll_id: str) -> list[str]:
+        try:
+            return await self.store.history(poll_id)
+        except NodeUnavailable as exc:
+            raise NodeDown(f"{exc}; retry later") from exc
 
 
 def now_ms() -> int:

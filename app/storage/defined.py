@@ -5,7 +5,9 @@ shares keys with the exercise's ad-hoc poll of the same id:
 - `def:{<id>}`: hash: the definition (question, options, votes_per_voter, results,
   closes_at), its state (`open`/`closed`), `revealed`, and `total`: the votes accepted;
 - `def:{<id>}:counts`: hash, option -> count;
-- `def:{<id>}:voters`: hash, voter key -> votes used.
+- `def:{<id>}:voters`: hash, voter key -> votes used;
+- `def:{<id>}:history`: list of points `{"at": ms, "total": n, "counts": {...}}`, oldest
+  first, at most `HISTORY_MAX_POINTS`, each total greater than the one before.
 
 A vote is checked and counted by one script, so an answer of 200 means the vote is stored:
 `total` always equals the sum of the counts, and a closed poll's results are final at once.
@@ -21,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from app.core.redis_manager import RedisManager
 
 T = TypeVar("T")
+HISTORY_MAX_POINTS = 1000
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,15 @@ class DefinedStore(Protocol):
 
     async def set_state(self, poll_id: str, field: str, value: str) -> bool:
         """Set `state` or `revealed`; False if the poll does not exist."""
+        ...
+
+    async def record_point(self, poll_id: str, counts_json: str, total: int) -> bool:
+        """Append a history point stamped with the node's time, only if `total` is greater
+        than the last point's (so instances never repeat a point or go back)."""
+        ...
+
+    async def history(self, poll_id: str) -> list[str]:
+        """The stored points, oldest first, each a JSON object."""
         ...
 
 
@@ -144,6 +156,24 @@ return 1
 SET_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def history_key(poll_id: str) -> str:
+    return f"def:{{{poll_id}}}:history"
+
+
+# KEYS[1] = history; ARGV = total, counts JSON, cap. Points are JSON text built here, so the
+# counts keep the definition's option order.
+RECORD_POINT = """
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last and tonumber(cjson.decode(last)['total']) >= tonumber(ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local point = '{"at":' .. ms .. ',"total":' .. ARGV[1] .. ',"counts":' .. ARGV[2] .. '}'
+redis.call('RPUSH', KEYS[1], point)
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 return 1
 """
 
@@ -238,3 +268,14 @@ class RedisDefinedStore:
 
     async def set_state(self, poll_id: str, field: str, value: str) -> bool:
         return bool(await self._eval(poll_id, SET_STATE, [def_key(poll_id)], field, value))
+
+    async def record_point(self, poll_id: str, counts_json: str, total: int) -> bool:
+        keys = [history_key(poll_id)]
+        cap = str(HISTORY_MAX_POINTS)
+        return bool(await self._eval(poll_id, RECORD_POINT, keys, str(total), counts_json, cap))
+
+    async def history(self, poll_id: str) -> list[str]:
+        node = self.node_for(poll_id)
+        client = self.manager.client(node)
+        points: list[str] = await self.call(node, client.lrange(history_key(poll_id), 0, -1))
+        return points

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from app.storage.defined import DefinedVote, PollDefinition, PollRecord
+from app.storage.defined import HISTORY_MAX_POINTS, DefinedVote, PollDefinition, PollRecord
 from app.storage.memory import MEMORY_NODE
 
 
@@ -16,6 +16,7 @@ class _Poll:
     revealed: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     voters: dict[str, int] = field(default_factory=dict)
+    history: list[tuple[int, str]] = field(default_factory=list)  # (total, point JSON)
 
 
 def _now_ms() -> int:
@@ -82,3 +83,15 @@ class MemoryDefinedStore:
         else:
             poll.revealed = value == "1"
         return True
+
+    async def record_point(self, poll_id: str, counts_json: str, total: int) -> bool:
+        poll = self._polls.get(poll_id)
+        if poll is None or (poll.history and poll.history[-1][0] >= total):
+            return False
+        point = f'{{"at":{_now_ms()},"total":{total},"counts":{counts_json}}}'
+        poll.history = [*poll.history[-(HISTORY_MAX_POINTS - 1) :], (total, point)]
+        return True
+
+    async def history(self, poll_id: str) -> list[str]:
+        poll = self._polls.get(poll_id)
+        return [point for _, point in poll.history] if poll else []

@@ -1,9 +1,11 @@
 from fastapi import APIRouter
 
-from app.api.v1.endpoints import health, polls, results, votes
+from app.api.v1.endpoints import exports, health, polls, results, streams, votes
 
 api_router = APIRouter()
 api_router.include_router(votes.router)
+api_router.include_router(streams.router)  # before results: /results/{id:anytext}
 api_router.include_router(results.router)
 api_router.include_router(polls.router)
+api_router.include_router(exports.router)
 api_router.include_router(health.router)

@@ -1,0 +1,205 @@
+"""Live results streams (Server-Sent Events) for defined and ad-hoc polls.
+
+Each event is a default message, `id: <n>` and `data: <the results JSON>`, sent at once on
+connect and then whenever the results change, at most once per `STREAM_INTERVAL_SECONDS`
+per poll; `: ping` every 15 s. Every event is the whole state, so `Last-Event-ID` is not
+needed and not read: a reconnecting client gets the current state at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Request, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+
+from app.api import defined, handlers
+from app.api.deps import DefinedDep, ServiceDep, SettingsDep
+from app.api.handlers import invalid_reply, json_reply, rejected_reply
+from app.api.responses import ERRORS, to_response
+from app.api.v1.endpoints.polls import _is_organiser
+from app.api.v1.endpoints.votes import PollId
+from app.api.validation import InvalidInput, check_poll_id
+from app.schemas.polls import Message
+from app.services.defined_polls import DefinedPolls
+from app.services.errors import VoteRejected
+from app.services.live_results import LiveResults, Reader, ReadFailed, Snapshot, Stopped
+from app.services.polling_service import PollingService
+
+router = APIRouter(tags=["live results"])
+HEARTBEAT_SECONDS = 15
+HIDDEN = {"detail": "results are hidden until the organiser reveals them", "type": "results_hidden"}
+STOPPING = {"detail": "the service is stopping", "type": "shutting_down"}
+
+
+def get_live(request: Request) -> LiveResults:
+    live: LiveResults = request.app.state.live
+    return live
+
+
+LiveDep = Annotated[LiveResults, Depends(get_live)]
+
+
+class EventStream(Response):
+    """For the OpenAPI page only: the answer is `text/event-stream`."""
+
+    media_type = "text/event-stream"
+
+
+def stream_responses(example: str, hidden: bool) -> dict[int | str, dict[str, Any]]:
+    documented: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "An endless event stream (a defined poll's ends after its final event).",
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": example}},
+        },
+        **ERRORS,
+    }
+    if hidden:
+        documented[403] = {"model": Message, "description": "Hidden until revealed."}
+        documented[404] = {"model": Message, "description": "No such poll."}
+    return documented
+
+
+def adhoc_reader(service: PollingService, poll_id: str) -> Reader:
+    """Reads what `GET /results/{poll_id}` answers."""
+
+    async def read() -> Snapshot:
+        reply = await handlers.results(service, poll_id)
+        if reply[0] != 200:
+            raise ReadFailed(reply)
+        payload = msgspec.json.decode(reply[1])
+        results: dict[str, int] = payload["results"]
+        signature = (tuple(sorted(results.items())), payload.get("stale", False))
+        return Snapshot(reply[1], signature, sum(results.values()))
+
+    return read
+
+
+def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
+    """Reads what `GET /polls/{poll_id}/results` answers, and adds a history point when the
+    total changed since this reader's last point."""
+    recorded = -1
+
+    async def read() -> Snapshot:
+        nonlocal recorded
+        try:
+            record = await polls.load(poll_id)
+        except VoteRejected as exc:
+            raise ReadFailed(rejected_reply(exc)) from exc
+        if record.total != recorded:
+            try:
+                await polls.record_point(record)
+                recorded = record.total
+            except VoteRejected:
+                pass  # the next read tries again
+        body = handlers.encode(defined.results_payload(record, polls.store.node_for(poll_id)))
+        signature = (tuple(record.counts.items()), record.closed)
+        hidden = not defined.results_visible(record, organiser=False)
+        return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
+
+    return read
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", sep="\n")
+
+
+async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> Response:
+    """The stream, or the JSON error that the first read gave."""
+    subscription = live.subscribe(key, read)
+    streaming = False
+    try:
+        try:
+            first = await subscription.next()
+        except ReadFailed as exc:
+            return to_response(exc.reply)
+        except Stopped:
+            return to_response(json_reply(503, STOPPING, [(b"retry-after", b"5")]))
+        if first.snapshot.hidden and not organiser:
+            return to_response(json_reply(403, HIDDEN))
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            update = first
+            try:
+                while True:
+                    data = update.snapshot.body.decode()
+                    yield ServerSentEvent(data=data, id=str(update.version), sep="\n")
+                    if update.snapshot.final:
+                        return
+                    update = await subscription.next()
+            except Stopped:
+                return
+            finally:
+                subscription.close()
+
+        streaming = True
+        return EventSourceResponse(
+            events(),
+            ping=HEARTBEAT_SECONDS,
+            sep="\n",
+            ping_message_factory=_ping,
+            background=BackgroundTask(subscription.close),
+        )
+    finally:
+        if not streaming:
+            subscription.close()
+
+
+def _bad_id(poll_id: str) -> Response | None:
+    try:
+        check_poll_id(poll_id)
+    except InvalidInput as exc:
+        return to_response(invalid_reply(exc.errors))
+    return None
+
+
+DEFINED_EXAMPLE = (
+    'id: 7\ndata: {"poll_id":"talk","question":"Which talk next?","options":[{"id":"A",'
+    '"label":"Rust","count":3},{"id":"B","label":"Python","count":5}],"total_votes":8,'
+    '"state":"open","final":false,"served_via":"redis_7001"}\n\n: ping\n\n'
+)
+ADHOC_EXAMPLE = (
+    'id: 3\ndata: {"poll_id":"100","results":{"A":12,"B":7},"served_via":"app_cache"}\n\n'
+)
+
+
+@router.get(
+    "/polls/{poll_id}/stream",
+    summary="Live results of a defined poll (Server-Sent Events)",
+    response_class=EventStream,
+    responses=stream_responses(DEFINED_EXAMPLE, hidden=True),
+)
+async def defined_stream(
+    poll_id: PollId, request: Request, polls: DefinedDep, live: LiveDep, settings: SettingsDep
+) -> Response:
+    """`text/event-stream`. Each event is a default message: `id: <increasing int>` and
+    `data:` one line of JSON, exactly what `GET /polls/{poll_id}/results` answers. One event
+    at once, then one whenever the results change, at most one per `STREAM_INTERVAL_SECONDS`;
+    `: ping` every 15 s. Once the poll is closed the stream sends the final event
+    (`"final": true`) and ends. `Last-Event-ID` is not needed (every event is the whole state)
+    and is ignored. Hidden results: 403 without the organiser's token."""
+    bad = _bad_id(poll_id)
+    if bad is not None:
+        return bad
+    read = defined_reader(polls, poll_id)
+    return await _open(live, f"def:{poll_id}", read, _is_organiser(request, settings))
+
+
+@router.get(
+    "/results/{poll_id}/stream",
+    summary="Live results of a poll (Server-Sent Events)",
+    response_class=EventStream,
+    responses=stream_responses(ADHOC_EXAMPLE, hidden=False),
+)
+async def adhoc_stream(poll_id: PollId, service: ServiceDep, live: LiveDep) -> Response:
+    """`text/event-stream`. Each event is a default message: `id: <increasing int>` and
+    `data:` one line of JSON, exactly what `GET /results/{poll_id}` answers. One event at once,
+    then one whenever the counts change, at most one per `STREAM_INTERVAL_SECONDS`; `: ping`
+    every 15 s. The stream does not end by itself. `Last-Event-ID` is ignored."""
+    bad = _bad_id(poll_id)
+    if bad is not None:
+        return bad
+    return await _open(live, f"adhoc:{poll_id}", adhoc_reader(service, poll_id), organiser=True)
