@@ -2,7 +2,9 @@
 
 Starts two local nodes, the service, and the *naive* and *bare* reference apps (same uvicorn
 settings, one worker each), drives them in turns with wrk over several rounds, and reports
-medians and ratios. Writes results.md, results.json and chart.png to bench/results/.
+medians and ratios. The service's defined-poll vote takes its turn beside its ad-hoc vote;
+a node of its own measures what a defined poll's voter costs in memory. Writes results.md,
+results.json and chart.png to bench/results/.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
+from bench import defined
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+VOTERS = int(os.environ.get("BENCH_VOTERS", "1000000"))  # for the voter memory
 TOKEN = "bench-token"
+DEFINED_POLL = "bench-defined"
 Rounds = dict[str, list[WrkResult]]
 
 
@@ -40,13 +45,19 @@ def median(results: list[WrkResult], field: str) -> float:
 
 
 def take_turns(
-    apps: dict[str, str], script: str, label: str, env: dict[str, str] | None = None
+    apps: dict[str, str],
+    script: str,
+    label: str,
+    env: dict[str, str] | None = None,
+    scripts: dict[str, str] | None = None,
 ) -> Rounds:
-    """Every app once per round, in turn, so drift on a noisy machine hits all alike."""
+    """Every app once per round, in turn, so drift on a noisy machine hits all alike.
+    `scripts` gives an app a script of its own; wrk sees the round as BENCH_ROUND."""
     rounds: Rounds = {name: [] for name in apps}
     for i in range(1, ROUNDS + 1):
         for name, url in apps.items():
-            result = run_wrk(url, script, SECONDS, env=env)
+            wrk_env = {**(env or os.environ), "BENCH_ROUND": str(i)}
+            result = run_wrk(url, (scripts or {}).get(name, script), SECONDS, env=wrk_env)
             rounds[name].append(result)
             figures = f"{result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms"
             log(f"{label} round {i}/{ROUNDS} {name}: {figures}")
@@ -107,7 +118,15 @@ def main() -> None:
             "naive": start("bench.reference_apps:naive", factory=False),
             "bare": start("bench.reference_apps:bare", factory=False),
         }
-        votes = take_turns(apps, "vote.lua", "POST vote")
+        defined.create_poll(service, TOKEN, DEFINED_POLL)
+        log(f"defined poll {DEFINED_POLL}: options {defined.OPTIONS}, 1 vote per voter")
+        trips_before, sent_before = defined.counters(service)
+        vote_apps = {"service": service, "defined": service, "naive": apps["naive"]}
+        vote_apps["bare"] = apps["bare"]
+        vote_env = {**os.environ, "BENCH_POLL": DEFINED_POLL}
+        votes = take_turns(
+            vote_apps, "vote.lua", "POST vote", vote_env, {"defined": "defined_vote.lua"}
+        )
         with httpx.Client(base_url=service) as client:  # warm the cache for the GET rounds
             for poll in range(1, 1001):
                 client.get(f"/api/v1/results/{poll}")
@@ -120,6 +139,9 @@ def main() -> None:
 
         health = httpx.get(f"{service}/api/v1/health").json()
         accepted = health["counters"]["accepted_votes"]
+        trips, sent = defined.counters(service)
+        total = defined.total_votes(service, DEFINED_POLL)
+        defined_checks = defined_report(votes, trips - trips_before, sent - sent_before, total)
         votes_per_bulk = (accepted - accepted_before) / sum(r.requests for r in bulk)
         service_process = processes[0]
         service_process.terminate()  # SIGTERM: the final flush
@@ -145,6 +167,10 @@ def main() -> None:
                 processes.pop().terminate()
         ring_rate = ring_lookups_per_second()
         log(f"ring: {ring_rate:,.0f} get_node calls/s")
+        nodes.append(LocalNode(free_port()).start())  # a node of its own
+        memory = defined.voter_memory(nodes[-1].port, VOTERS, log)
+        per_voter = memory["memory_usage_per_voter"]
+        log(f"voter memory: {per_voter:.1f} bytes a voter (MEMORY USAGE of the voters hash)")
     finally:
         for process in processes:
             process.kill()
@@ -163,6 +189,7 @@ def main() -> None:
         counters,
         flush_lines,
     )
+    report["defined"] = {**defined_checks, "memory": memory}
     report["journal"] = {
         name: {**summary(r), "vs_no_journal": median(r, "rps") / median(votes["service"], "rps")}
         for name, r in journal_modes.items()
@@ -183,6 +210,37 @@ def summary(results: list[WrkResult]) -> dict[str, float]:
         "p99_ms": median(results, "p99_ms"),
         "non_2xx": sum(r.non_2xx for r in results),
         "rounds": len(results),
+    }
+
+
+def defined_report(votes: Rounds, trips: int, sent: int, total: int) -> dict[str, Any]:
+    """The defined vote beside the ad-hoc one, its round trips, and its `total_votes` against
+    the 2xx answers wrk read. wrk stops with up to one request in flight on each of its 50
+    connections and never reads their answers; the service still counts them, so
+    `total_votes` may exceed the 2xx by up to 50 a round ("consistent"); anything else, or
+    a vote sent to the node and not counted, is a MISMATCH."""
+    rounds = votes["defined"]
+    answered = sum(r.requests - r.non_2xx for r in rounds)
+    unread = total - answered
+    if unread == 0 and sent == total:
+        check = "exact"
+    elif 0 < unread <= 50 * len(rounds) and sent == total:
+        check = "consistent"
+    else:
+        check = "MISMATCH"
+    log(f"defined check: total_votes {total:,}, 2xx read by wrk {answered:,}: {check}")
+    log(f"defined: {trips:,} node round trips for {total:,} accepted votes")
+    return {
+        **summary(rounds),
+        "vs_ad_hoc": median(rounds, "rps") / median(votes["service"], "rps"),
+        "round_trips": trips,
+        "votes_sent": sent,
+        "round_trips_per_vote": trips / max(total, 1),
+        "votes_per_round_trip": sent / max(trips, 1),
+        "total_votes": total,
+        "wrk_2xx": answered,
+        "unread_at_stop": unread,
+        "total_check": check,
     }
 
 
@@ -254,6 +312,7 @@ def markdown(r: dict[str, Any]) -> str:
             )
     b = r["bulk"]
     non_2xx = v["service"]["non_2xx"] + g["service"]["non_2xx"] + b["non_2xx"]
+    non_2xx += r.get("defined", {}).get("non_2xx", 0)
     lines = [
         f"Medians of {r['settings']['rounds']} rounds of {r['settings']['seconds']:g} s, "
         "wrk 1 thread 50 connections, one uvicorn worker each (uvloop, httptools), "
@@ -277,6 +336,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"**{'exact' if r['counts']['exact'] else 'MISMATCH'}** |",
         f"| non-2xx answers to the service | {non_2xx} |",
     ]
+    if "defined" in r:
+        lines += ["", *defined_rows(r["defined"], v["service"])]
     journal = r.get("journal", {})
     if journal:
         lines += [
@@ -288,6 +349,28 @@ def markdown(r: dict[str, Any]) -> str:
             figures = f"{data['rps']:,.0f} | {data['p99_ms']:.2f} | {data['vs_no_journal']:.2f}x"
             lines.append(f"| {name} | {figures} |")
     return "\n".join(lines) + "\n"
+
+
+def defined_rows(d: dict[str, Any], ad_hoc: dict[str, float]) -> list[str]:
+    m = d["memory"]
+    return [
+        "| defined poll, one vote per voter, distinct voters | value |",
+        "|---|---:|",
+        f"| `POST /polls/{{id}}/vote`, req/s (same rounds as ad-hoc `POST vote`) "
+        f"| {d['rps']:,.0f} (**{d['vs_ad_hoc']:.2f}x** ad-hoc {ad_hoc['rps']:,.0f}) |",
+        f"| p50 / p99 latency ms (ad-hoc) | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} "
+        f"({ad_hoc['p50_ms']:.2f} / {ad_hoc['p99_ms']:.2f}) |",
+        f"| non-2xx answers | {d['non_2xx']} |",
+        f"| node round trips per accepted vote (50 connections) | "
+        f"**{d['round_trips_per_vote']:.3f}** ({d['round_trips']:,} for {d['total_votes']:,}; "
+        f"{d['votes_per_round_trip']:.1f} votes a round trip) |",
+        f"| `total_votes` = 2xx answers wrk read + requests in flight at wrk's stops (at most "
+        f"50 a round) | {d['total_votes']:,} = {d['wrk_2xx']:,} + {d['unread_at_stop']}: "
+        f"**{d['total_check']}** |",
+        f"| node memory per voter ({m['voters']:,} voters in one poll) "
+        f"| **{m['memory_usage_per_voter']:.1f} bytes** (`MEMORY USAGE`; `used_memory` "
+        f"{m['used_memory_per_voter']:.1f}) |",
+    ]
 
 
 def chart(r: dict[str, Any], path: Path) -> None:

@@ -86,3 +86,21 @@ async def test_other_nodes_keep_flushing_and_reading_while_one_is_down(
             r = await client.get(f"/api/v1/results/{poll}")
             assert r.json()["results"] == {"A": 1}
         assert service.flusher.in_flight_votes(down_label) == len(polls) - len(up_polls)
+
+
+async def test_health_counts_the_defined_polls_round_trips(start_node: NodeFactory) -> None:
+    async with running_app(settings_for([start_node()], api_token="t")) as (client, _):
+        options = [{"id": "A", "label": "a"}, {"id": "B", "label": "b"}]
+        poll = {"poll_id": "d1", "question": "?", "options": options}
+        created = await client.post(
+            "/api/v1/polls", json=poll, headers={"Authorization": "Bearer t"}
+        )
+        assert created.status_code == 201
+        for voter in ["v1", "v2"]:
+            r = await client.post(
+                "/api/v1/polls/d1/vote", json={"option_id": "A"}, headers={"X-Voter-Id": voter}
+            )
+            assert r.status_code == 200
+        counters = (await client.get("/api/v1/health")).json()["counters"]
+        assert counters["defined_votes_sent"] == 2
+        assert 1 <= counters["defined_round_trips"] <= 2

@@ -85,7 +85,10 @@ class Health(BaseModel):
     buffer: dict[str, int]
     cache: dict[str, float]
     counters: dict[str, int] = Field(
-        description="Since start, this worker: votes accepted, flushes, Redis round trips."
+        description=(
+            "Since start, this worker: votes accepted, flushes, Redis round trips; defined "
+            "polls: round trips and votes sent in them."
+        )
     )
 
 

@@ -408,7 +408,8 @@ class PollingService:
             "set_aside_polls": sorted(self.flusher.set_aside.get(label, ())),
         }
 
-    async def health(self) -> dict[str, object]:
+    async def health(self, extra_counters: dict[str, int] | None = None) -> dict[str, object]:
+        """The report `/health` gives; `extra_counters` join `counters` (defined polls')."""
         reachable = await self.store.ping()
         nodes = [
             self._node_health(label, url, reachable.get(label, False))
@@ -428,6 +429,7 @@ class PollingService:
                 "accepted_votes": self.accepted_votes,
                 "flushes": self.flusher.flushes,
                 "round_trips": self.flusher.round_trips,
+                **(extra_counters or {}),
             },
         }
         if self.journal is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ServiceDep
+from app.api.deps import DefinedDep, ServiceDep
 from app.schemas.polls import Health
 
 router = APIRouter(tags=["health"])
@@ -17,8 +17,11 @@ router = APIRouter(tags=["health"])
     response_model=Health,
     responses={503: {"model": Health, "description": "At least one node does not answer."}},
 )
-async def health(service: ServiceDep) -> JSONResponse:
+async def health(service: ServiceDep, polls: DefinedDep) -> JSONResponse:
     """Each node's label, URL (without password) and reachability, and what the buffer holds.
     200 when every node answers, 503 when one does not."""
-    report = await service.health()
+    batcher = polls.batcher
+    report = await service.health(
+        {"defined_round_trips": batcher.round_trips, "defined_votes_sent": batcher.items_sent}
+    )
     return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
