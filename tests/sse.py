@@ -27,6 +27,7 @@ class StreamClient:
         self.last_id = 0
         self.last: dict[str, Any] | None = None
         self.pings = 0
+        self.retry: int | None = None  # the `retry:` of the last event that had one
         self.ended = asyncio.Event()
         self._changed = asyncio.Event()
         self._leave = asyncio.Event()
@@ -84,6 +85,8 @@ class StreamClient:
             if "" in fields:  # a comment line, ": ping"
                 self.pings += 1
                 continue
+            if "retry" in fields:
+                self.retry = int(fields["retry"])
             event_id = int(fields["id"])
             assert event_id > self.last_id, (event_id, self.last_id)
             self.last_id = event_id

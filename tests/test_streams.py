@@ -230,13 +230,14 @@ async def test_csv_export_and_history(start_node: NodeFactory) -> None:
         for i, option in enumerate("AAB"):
             await vote(client, "talk", f"v{i}", option)
             await stream.wait_until(lambda c, n=i + 1: c.last["total_votes"] == n)
-        await stream.close()
-
         csv = await client.get("/api/v1/polls/talk/results.csv")
         assert csv.status_code == 200
         assert csv.headers["content-type"].startswith("text/csv")
         assert csv.headers["content-disposition"] == 'attachment; filename="talk-results.csv"'
         assert csv.text == 'option_id,label,count\r\nA,"Rust, ""fast""",2\r\nB,Python,1\r\n'
+        await client.post("/api/v1/polls/talk/close", headers=ORGANISER)
+        await stream.wait_until(lambda c: c.last["final"])  # the final point always lands
+        await stream.close()
 
         history = (await client.get("/api/v1/polls/talk/history")).json()
         assert history["poll_id"] == "talk"
@@ -244,8 +245,10 @@ async def test_csv_export_and_history(start_node: NodeFactory) -> None:
         assert totals == sorted(set(totals)) and totals[-1] == 3
         assert history["points"][-1]["counts"] == {"A": 2, "B": 1}
         assert all(p["at"].endswith("Z") for p in history["points"])
+        # points at least a second apart (but the final one): votes inside one second
+        # add no point, so reconnecting watchers cannot flood the history
+        assert totals == [0, 3]
 
-        await client.post("/api/v1/polls/talk/close", headers=ORGANISER)
         final = await client.get("/api/v1/polls/talk/results.csv")
         assert 'filename="talk-final-results.csv"' in final.headers["content-disposition"]
 
@@ -272,7 +275,9 @@ async def test_history_from_two_instances_never_repeats_or_goes_back(
             await vote(client, "both", f"v{i}", "AB"[i % 2])
             for s in streams:
                 await s.wait_until(lambda c, n=i + 1: c.last["total_votes"] == n)
+        await client.post("/api/v1/polls/both/close", headers=ORGANISER)
         for s in streams:
+            await s.wait_until(lambda c: c.last["final"])
             await s.close()
         points = (await client.get("/api/v1/polls/both/history")).json()["points"]
         totals = [p["total"] for p in points]
@@ -315,3 +320,36 @@ def test_a_stream_through_a_real_server_and_the_fast_path(
     # the loop ends because the server ended the stream after the final event
     assert [e["total_votes"] for e in events] == [0, 1, 1]
     assert [e["final"] for e in events] == [False, False, True]
+
+
+async def test_watchers_who_come_and_go_cost_one_read_per_interval(start_node: NodeFactory) -> None:
+    """Reconnecting in a loop (as an EventSource does after a stream ends) starts no more
+    reads than one watcher would, and adds no history points beyond one a second."""
+    settings = settings_for([start_node()], api_token=TOKEN, stream_interval_seconds=60)
+    async with live_app(settings) as (app, client, live):
+        await define(client, "churn")
+        started = asyncio.get_running_loop().time()
+        for i in range(40):
+            await vote(client, "churn", f"c{i}", "A")
+            stream = await StreamClient(app, "/api/v1/polls/churn/stream").start().answered()
+            assert stream.status == 200
+            await stream.close()
+        intervals = (asyncio.get_running_loop().time() - started) // 60
+        assert live.reads["def:churn"] <= 1 + intervals  # 40 watchers, one read
+        await client.post("/api/v1/polls/churn/close", headers=ORGANISER)
+        history = (await client.get("/api/v1/polls/churn/history")).json()["points"]
+        assert len(history) <= 2
+
+
+async def test_a_closed_polls_stream_tells_the_browser_not_to_come_back(
+    start_node: NodeFactory,
+) -> None:
+    async with live_app(stream_settings([start_node()])) as (app, client, live):
+        await define(client, "done")
+        await client.post("/api/v1/polls/done/close", headers=ORGANISER)
+        for _ in range(5):
+            stream = StreamClient(app, "/api/v1/polls/done/stream").start()
+            await stream.wait_until(lambda c: c.ended.is_set())
+            assert stream.last["final"] is True
+            assert stream.retry is not None and stream.retry >= 3_600_000  # EventSource waits
+        assert live.reads["def:done"] == 1  # a final, visible state is not read again

@@ -149,7 +149,10 @@ class DefinedPolls:
         counts = {o: record.counts.get(o, 0) for o in record.definition.option_ids}
         try:
             return await self.store.record_point(
-                record.definition.poll_id, json.dumps(counts, separators=(",", ":")), record.total
+                record.definition.poll_id,
+                json.dumps(counts, separators=(",", ":")),
+                record.total,
+                final=record.closed,
             )
         except NodeUnavailable as exc:
             raise NodeDown(f"{exc}; retry later") from exc

@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 logger = logging.getLogger("app.live_results")
+RECENT_POLLS = 10_000  # polls whose last state and read time are remembered
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,22 @@ class Publisher:
         self.key = key
         self.read = read
         self.subscribers: set[Mailbox] = set()
-        self.latest: Update | None = None
         self.failure: ReadFailed | None = None  # the last read failed and nothing was read yet
+        # A publisher that follows an earlier one of the same poll starts from its last
+        # state and reads one interval after it did: subscribers who come and go (or
+        # reconnect in a loop) never make more than one read per interval.
+        self.latest, self._first_due = registry.recent.get(key, (None, 0.0))
+        if self.latest is not None and not self._settled(self.latest):
+            if asyncio.get_running_loop().time() >= self._first_due:
+                self.latest = None  # older than an interval: read afresh before answering
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"live results {key}")
+
+    @staticmethod
+    def _settled(update: Update) -> bool:
+        """Final and visible: a closed poll's results never change, nor does their
+        visibility once shown (a hidden one may still be revealed)."""
+        return update.snapshot.final and not update.snapshot.hidden
 
     def join(self, box: Mailbox) -> None:
         self.subscribers.add(box)
@@ -118,12 +131,15 @@ class Publisher:
                 return  # an older state than one already sent
             if snapshot.signature == latest.snapshot.signature:
                 self.latest = Update(latest.version, snapshot)  # same to the eye; keep it new
+                self.registry.remember(self.key, self.latest)
                 return
         self.latest = Update(next(self.registry.versions), snapshot)
         self._deliver(self.latest)
+        self.registry.remember(self.key, self.latest)
 
     async def _read_once(self) -> Snapshot | None:
         self.registry.reads[self.key] += 1
+        self.registry.read_at(self.key, asyncio.get_running_loop().time())
         try:
             return await self.read()
         except ReadFailed as exc:
@@ -140,6 +156,9 @@ class Publisher:
         loop = asyncio.get_running_loop()
         due = loop.time()
         try:
+            if self.latest is not None and self._settled(self.latest):
+                return  # nothing about it can change any more: no read needed
+            await self._wait_until(self._first_due)
             while self.subscribers:
                 snapshot = await self._read_once()
                 if snapshot is not None:
@@ -149,12 +168,17 @@ class Publisher:
                         return
                 # The next read is at least one interval after this one was due.
                 due = max(due + self.registry.interval, loop.time())
-                while self.subscribers and (delay := due - loop.time()) > 0:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                await self._wait_until(due)
         finally:
             self.registry.forget(self)
+
+    async def _wait_until(self, due: float) -> None:
+        """Sleep until `due`, or until the last subscriber leaves."""
+        loop = asyncio.get_running_loop()
+        while self.subscribers and (delay := due - loop.time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
 
 
 class Subscription:
@@ -181,6 +205,18 @@ class LiveResults:
         self.reads: Counter[str] = Counter()  # reads per poll key, since start
         self.versions = itertools.count(1)
         self.publishers: dict[str, Publisher] = {}
+        # poll key -> (last state, when the next read may be), for the polls read lately
+        self.recent: OrderedDict[str, tuple[Update | None, float]] = OrderedDict()
+
+    def read_at(self, key: str, when: float) -> None:
+        latest, _ = self.recent.pop(key, (None, 0.0))
+        self.recent[key] = (latest, when + self.interval)
+        if len(self.recent) > RECENT_POLLS:
+            self.recent.popitem(last=False)
+
+    def remember(self, key: str, update: Update) -> None:
+        _, due = self.recent.get(key, (None, 0.0))
+        self.recent[key] = (update, due)
 
     def subscribe(self, key: str, read: Reader) -> Subscription:
         """Join the poll's publisher, starting one if none runs; the first state (or the

@@ -23,7 +23,8 @@ from typing import Any, Protocol, TypeVar
 from app.core.redis_manager import RedisManager
 
 T = TypeVar("T")
-HISTORY_MAX_POINTS = 1000
+HISTORY_MAX_POINTS = 3600  # an hour of points at the closest spacing
+HISTORY_GAP_MS = 1000  # at most one point a second per poll (the final point always lands)
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,12 @@ class DefinedStore(Protocol):
         """Set `state` or `revealed`; False if the poll does not exist."""
         ...
 
-    async def record_point(self, poll_id: str, counts_json: str, total: int) -> bool:
+    async def record_point(
+        self, poll_id: str, counts_json: str, total: int, final: bool = False
+    ) -> bool:
         """Append a history point stamped with the node's time, only if `total` is greater
-        than the last point's (so instances never repeat a point or go back)."""
+        than the last point's (so instances never repeat a point or go back) and, unless
+        `final`, at least HISTORY_GAP_MS after it (so nobody can flood the history)."""
         ...
 
     async def history(self, poll_id: str) -> list[str]:
@@ -167,10 +171,15 @@ def history_key(poll_id: str) -> str:
 # KEYS[1] = history; ARGV = total, counts JSON, cap. Points are JSON text built here, so the
 # counts keep the definition's option order.
 RECORD_POINT = """
-local last = redis.call('LINDEX', KEYS[1], -1)
-if last and tonumber(cjson.decode(last)['total']) >= tonumber(ARGV[1]) then return 0 end
 local t = redis.call('TIME')
-local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last then
+  local point = cjson.decode(last)
+  if tonumber(point['total']) >= tonumber(ARGV[1]) then return 0 end
+  if ARGV[5] ~= '1' and now - tonumber(point['at']) < tonumber(ARGV[4]) then return 0 end
+end
+local ms = string.format('%d', now)
 local point = '{"at":' .. ms .. ',"total":' .. ARGV[1] .. ',"counts":' .. ARGV[2] .. '}'
 redis.call('RPUSH', KEYS[1], point)
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
@@ -269,10 +278,12 @@ class RedisDefinedStore:
     async def set_state(self, poll_id: str, field: str, value: str) -> bool:
         return bool(await self._eval(poll_id, SET_STATE, [def_key(poll_id)], field, value))
 
-    async def record_point(self, poll_id: str, counts_json: str, total: int) -> bool:
+    async def record_point(
+        self, poll_id: str, counts_json: str, total: int, final: bool = False
+    ) -> bool:
         keys = [history_key(poll_id)]
-        cap = str(HISTORY_MAX_POINTS)
-        return bool(await self._eval(poll_id, RECORD_POINT, keys, str(total), counts_json, cap))
+        args = [str(total), counts_json, str(HISTORY_MAX_POINTS), str(HISTORY_GAP_MS)]
+        return bool(await self._eval(poll_id, RECORD_POINT, keys, *args, "1" if final else "0"))
 
     async def history(self, poll_id: str) -> list[str]:
         node = self.node_for(poll_id)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from app.storage.defined import HISTORY_MAX_POINTS, DefinedVote, PollDefinition, PollRecord
+from app.storage.defined import (
+    HISTORY_GAP_MS,
+    HISTORY_MAX_POINTS,
+    DefinedVote,
+    PollDefinition,
+    PollRecord,
+)
 from app.storage.memory import MEMORY_NODE
 
 
@@ -16,7 +22,7 @@ class _Poll:
     revealed: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     voters: dict[str, int] = field(default_factory=dict)
-    history: list[tuple[int, str]] = field(default_factory=list)  # (total, point JSON)
+    history: list[tuple[int, int, str]] = field(default_factory=list)  # (total, ms, JSON)
 
 
 def _now_ms() -> int:
@@ -84,14 +90,21 @@ class MemoryDefinedStore:
             poll.revealed = value == "1"
         return True
 
-    async def record_point(self, poll_id: str, counts_json: str, total: int) -> bool:
+    async def record_point(
+        self, poll_id: str, counts_json: str, total: int, final: bool = False
+    ) -> bool:
         poll = self._polls.get(poll_id)
-        if poll is None or (poll.history and poll.history[-1][0] >= total):
+        now = _now_ms()
+        if poll is None:
             return False
-        point = f'{{"at":{_now_ms()},"total":{total},"counts":{counts_json}}}'
-        poll.history = [*poll.history[-(HISTORY_MAX_POINTS - 1) :], (total, point)]
+        if poll.history:
+            last_total, last_at, _ = poll.history[-1]
+            if last_total >= total or (not final and now - last_at < HISTORY_GAP_MS):
+                return False
+        point = f'{{"at":{now},"total":{total},"counts":{counts_json}}}'
+        poll.history = [*poll.history[-(HISTORY_MAX_POINTS - 1) :], (total, now, point)]
         return True
 
     async def history(self, poll_id: str) -> list[str]:
         poll = self._polls.get(poll_id)
-        return [point for _, point in poll.history] if poll else []
+        return [point for _, _, point in poll.history] if poll else []

@@ -31,6 +31,7 @@ from app.services.polling_service import PollingService
 
 router = APIRouter(tags=["live results"])
 HEARTBEAT_SECONDS = 15
+FINAL_RETRY_MS = 24 * 3600 * 1000  # `retry:` of the final event: EventSource waits a day
 HIDDEN = {"detail": "results are hidden until the organiser reveals them", "type": "results_hidden"}
 STOPPING = {"detail": "the service is stopping", "type": "shutting_down"}
 
@@ -79,8 +80,9 @@ def adhoc_reader(service: PollingService, poll_id: str) -> Reader:
 
 
 def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
-    """Reads what `GET /polls/{poll_id}/results` answers, and adds a history point when the
-    total changed since this reader's last point."""
+    """Reads what `GET /polls/{poll_id}/results` answers, and offers the node a history
+    point while the totals differ from the last point this reader stored (the node keeps
+    points a second apart, but always the final one)."""
     recorded = -1
 
     async def read() -> Snapshot:
@@ -91,8 +93,8 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
             raise ReadFailed(rejected_reply(exc)) from exc
         if record.total != recorded:
             try:
-                await polls.record_point(record)
-                recorded = record.total
+                if await polls.record_point(record) or record.closed:
+                    recorded = record.total
             except VoteRejected:
                 pass  # the next read tries again
         body = handlers.encode(defined.results_payload(record, polls.store.node_for(poll_id)))
@@ -126,9 +128,12 @@ async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> R
             try:
                 while True:
                     data = update.snapshot.body.decode()
-                    yield ServerSentEvent(data=data, id=str(update.version), sep="\n")
-                    if update.snapshot.final:
+                    if update.snapshot.final:  # a browser must not reconnect: nothing follows
+                        yield ServerSentEvent(
+                            data=data, id=str(update.version), retry=FINAL_RETRY_MS, sep="\n"
+                        )
                         return
+                    yield ServerSentEvent(data=data, id=str(update.version), sep="\n")
                     update = await subscription.next()
             except Stopped:
                 return
