@@ -4,6 +4,7 @@ both call these, so both answer alike."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -18,7 +19,14 @@ from app.api.handlers import (
     too_large_reply,
 )
 from app.api.validation import MAX_VOTE_BODY, error
-from app.api.voters import HEADER, VoterCookies, cookie_value, valid_header_id, voter_key
+from app.api.voters import (
+    HEADER,
+    VoterCookies,
+    cookie_value,
+    cross_origin,
+    valid_header_id,
+    voter_key,
+)
 from app.services.defined_polls import DefinedPolls, UnknownOption
 from app.services.errors import VoteRejected
 from app.storage.defined import PollDefinition, PollRecord
@@ -103,15 +111,30 @@ def voter_identity(
     return voter_key("c", voter_id)
 
 
+CROSS_ORIGIN = {
+    "detail": "a vote by cookie must come from this service's own pages",
+    "type": "cross_origin",
+}
+
+
+@dataclass(frozen=True)
+class VoteHeaders:
+    """The headers a defined-poll vote reads."""
+
+    voter: str | None = None  # X-Voter-Id
+    cookie: str | None = None
+    origin: str | None = None
+    host: str | None = None
+
+
 async def vote(
     polls: DefinedPolls,
     cookies: VoterCookies,
     poll_id: str,
     body: bytes | None,
-    voter_header: str | None,
-    cookie_header: str | None,
+    headers: VoteHeaders,
 ) -> Reply:
-    reply = await _vote(polls, cookies, poll_id, body, voter_header, cookie_header)
+    reply = await _vote(polls, cookies, poll_id, body, headers)
     if reply[0] != 200:
         refused(polls.rejected, "defined", reply)
     return reply
@@ -122,18 +145,19 @@ async def _vote(
     cookies: VoterCookies,
     poll_id: str,
     body: bytes | None,
-    voter_header: str | None,
-    cookie_header: str | None,
+    headers: VoteHeaders,
 ) -> Reply:
     if body is None:
         return too_large_reply(MAX_VOTE_BODY)
     option_id, problems = parse_vote(poll_id, body)
-    voter = voter_identity(cookies, voter_header, cookie_header)
+    voter = voter_identity(cookies, headers.voter, headers.cookie)
     if isinstance(voter, dict):
         problems.append(voter)
     if problems:
         return invalid_reply(problems)
     assert isinstance(voter, str)
+    if headers.voter is None and cross_origin(headers.origin, headers.host):
+        return json_reply(403, CROSS_ORIGIN)
     try:
         await polls.vote(poll_id, option_id, voter)
     except UnknownOption as exc:

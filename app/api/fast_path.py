@@ -35,7 +35,14 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-WANTED_HEADERS = {b"content-length", b"idempotency-key", b"x-voter-id", b"cookie"}
+WANTED_HEADERS = {
+    b"content-length",
+    b"idempotency-key",
+    b"x-voter-id",
+    b"cookie",
+    b"origin",
+    b"host",
+}
 
 
 class FastPath:
@@ -83,8 +90,12 @@ class FastPath:
                     self.api.state.voter_cookies,
                     path[len(self.polls_prefix) : -len("/vote")],
                     body,
-                    _text(headers.get(b"x-voter-id")),
-                    _text(headers.get(b"cookie")),
+                    defined.VoteHeaders(
+                        _text(headers.get(b"x-voter-id")),
+                        _text(headers.get(b"cookie")),
+                        _text(headers.get(b"origin")),
+                        _text(headers.get(b"host")),
+                    ),
                 )
                 await _send(send, reply)
                 return

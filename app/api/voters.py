@@ -60,3 +60,13 @@ def cookie_value(cookie_header: str | None) -> str | None:
 def voter_key(source: str, voter_id: str) -> str:
     digest = hashlib.blake2b(f"{source}:{voter_id}".encode(), digest_size=12).digest()
     return base64.urlsafe_b64encode(digest).decode()
+
+
+def cross_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a browser sent this request from another site's page (`Origin` names
+    another host than the one asked): a vote by cookie from there is a forgery (CSRF).
+    Clients that are not browsers send no `Origin` and are not affected."""
+    if origin is None:
+        return False
+    _, _, origin_host = origin.partition("://")
+    return origin == "null" or origin_host.lower() != (host or "").lower()

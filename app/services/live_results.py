@@ -95,9 +95,9 @@ class Publisher:
         # state and reads one interval after it did: subscribers who come and go (or
         # reconnect in a loop) never make more than one read per interval.
         self.latest, self._first_due = registry.recent.get(key, (None, 0.0))
-        if self.latest is not None and not self._settled(self.latest):
-            if asyncio.get_running_loop().time() >= self._first_due:
-                self.latest = None  # older than an interval: read afresh before answering
+        stale = asyncio.get_running_loop().time() >= self._first_due
+        if self.latest is not None and not self._settled(self.latest) and stale:
+            self.latest = None  # older than an interval: read afresh before answering
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"live results {key}")
 

@@ -18,6 +18,7 @@ from markupsafe import Markup
 from app.api import defined
 from app.api.deps import DefinedDep
 from app.api.responses import read_request_body
+from app.api.voters import cross_origin
 from app.core.ids import id_error
 from app.services.defined_polls import UnknownOption
 from app.services.errors import AlreadyVoted, PollClosed, PollNotFound, VoteRejected
@@ -36,6 +37,8 @@ MESSAGES = {
     "unknown_option": "Please choose one of the options",
     "no_cookie": "Your browser must accept cookies to vote: open this page again",
     "unavailable": "Your vote could not be taken just now: please try again",
+    "cross_origin": "Votes are taken only from this poll's own page: open it and vote there",
+    "too_large": "That form was too large: open this page again and tap an option",
 }
 
 
@@ -97,7 +100,11 @@ async def voter_form_vote(poll_id: str, request: Request, polls: DefinedDep) -> 
     record = await _load(request, polls, poll_id)
     if isinstance(record, Response):
         return record
-    body = await read_request_body(request, defined.MAX_VOTE_BODY) or b""
+    if cross_origin(request.headers.get("origin"), request.headers.get("host")):
+        return _voter_page(request, record, MESSAGES["cross_origin"], 403)
+    body = await read_request_body(request, defined.MAX_VOTE_BODY)
+    if body is None:
+        return _voter_page(request, record, MESSAGES["too_large"], 413)
     option_id = parse_qs(body.decode("utf-8", "replace")).get("option_id", [""])[0]
     cookies = request.app.state.voter_cookies
     voter = defined.voter_identity(cookies, None, request.headers.get("cookie"))  # cookie only
@@ -113,9 +120,13 @@ async def voter_form_vote(poll_id: str, request: Request, polls: DefinedDep) -> 
     return _voter_page(request, record, MESSAGES["ok"])
 
 
-def qr_svg(url: str) -> Markup:
-    """The join URL as a QR code, an inline SVG that scales with its box."""
-    svg = segno.make(url, error="m").svg_inline(scale=1, border=2, omitsize=True)
+def qr_svg(url: str) -> Markup | None:
+    """The join URL as a QR code, an inline SVG that scales with its box; None when the
+    URL is too long for one (the page then shows the URL alone)."""
+    try:
+        svg = segno.make(url, error="m").svg_inline(scale=1, border=2, omitsize=True)
+    except segno.DataOverflowError:
+        return None
     return Markup(svg)  # segno's own markup: paths only, no text from the request
 
 

@@ -37,6 +37,8 @@ function render(results) {
   finished = results.final;
 }
 
+// How long to wait before the next look: a closed poll whose results are still hidden
+// changes only when the organiser reveals it, so it is asked about less often.
 async function pollOnce() {
   const response = await fetch(`${api}/results`);
   if (response.ok) {
@@ -44,20 +46,25 @@ async function pollOnce() {
   } else if (response.status === 403) { // hidden until revealed: still show open/closed
     showResults(false);
     const poll = await fetch(api, { credentials: "omit" });
-    if (poll.ok) setState((await poll.json()).state === "closed");
+    if (poll.ok && (await poll.json()).state === "closed") {
+      setState(true);
+      return 10000;
+    }
   }
+  return 1000;
 }
 
 async function poll() {
   if (polling) return;
   polling = true;
   while (!finished) {
+    let wait = 1000;
     try {
-      await pollOnce();
+      wait = await pollOnce();
     } catch {
       // the service is unreachable for a moment: keep what is shown, try again
     }
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
 

@@ -30,6 +30,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text: one that would start a formula gets a
+    leading apostrophe (the usual defence against CSV injection)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 async def visible_record(
     poll_id: str, request: Request, polls: DefinedPolls, settings: Any
 ) -> PollRecord | Response:
@@ -48,7 +57,7 @@ def results_csv(record: PollRecord) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["option_id", "label", "count"])
     for option_id, label in record.definition.options:
-        writer.writerow([option_id, label, record.counts.get(option_id, 0)])
+        writer.writerow([cell(option_id), cell(label), record.counts.get(option_id, 0)])
     return out.getvalue()
 
 

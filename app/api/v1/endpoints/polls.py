@@ -160,8 +160,15 @@ async def vote(
     """Checked and counted on the poll's node before the answer: 200 means counted once,
     409 `already_voted` or `poll_closed` means not counted."""
     body = await read_request_body(request, defined.MAX_VOTE_BODY)
+    headers = request.headers
     reply = await defined.vote(
-        polls, cookies, poll_id, body, request.headers.get(HEADER), request.headers.get("cookie")
+        polls,
+        cookies,
+        poll_id,
+        body,
+        defined.VoteHeaders(
+            headers.get(HEADER), headers.get("cookie"), headers.get("origin"), headers.get("host")
+        ),
     )
     return to_response(reply)
 
