@@ -3,7 +3,8 @@
 Starts two local nodes, the service, and the *naive* and *bare* reference apps (same uvicorn
 settings, one worker each), drives them in turns with wrk over several rounds, and reports
 medians and ratios. The service's defined-poll vote takes its turn beside its ad-hoc vote;
-a node of its own measures what a defined poll's voter costs in memory. Writes results.md,
+a node of its own measures what a defined poll's voter costs in memory; last, the live
+results fan-out (bench/fanout.py): subscribers held on one worker. Writes results.md,
 results.json and chart.png to bench/results/.
 """
 
@@ -24,7 +25,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import defined
+from bench import defined, fanout
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -171,6 +172,7 @@ def main() -> None:
         memory = defined.voter_memory(nodes[-1].port, VOTERS, log)
         per_voter = memory["memory_usage_per_voter"]
         log(f"voter memory: {per_voter:.1f} bytes a voter (MEMORY USAGE of the voters hash)")
+        fanned = fanout.measure(nodes[:2], TOKEN, log)
     finally:
         for process in processes:
             process.kill()
@@ -194,6 +196,7 @@ def main() -> None:
         name: {**summary(r), "vs_no_journal": median(r, "rps") / median(votes["service"], "rps")}
         for name, r in journal_modes.items()
     }
+    report["fanout"] = fanned
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (OUT / "results.md").write_text(table)
@@ -348,6 +351,8 @@ def markdown(r: dict[str, Any]) -> str:
         for name, data in journal.items():
             figures = f"{data['rps']:,.0f} | {data['p99_ms']:.2f} | {data['vs_no_journal']:.2f}x"
             lines.append(f"| {name} | {figures} |")
+    if "fanout" in r:
+        lines += ["", *fanout.markdown(r["fanout"])]
     return "\n".join(lines) + "\n"
 
 
