@@ -133,6 +133,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.metrics.stream_subscribers = lambda: live.subscribers
+        app.state.metrics.stream_reads = lambda: sum(live.reads.values())
         await service.start()
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(

@@ -353,15 +353,20 @@ def wait_idle(pid: int, timeout: float = 30.0) -> float:
     return time.monotonic() - started
 
 
-def server_subscribers(url: str) -> int:
+def _metric(url: str, name: str) -> int:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("polling_stream_subscribers "):
+        if line.startswith(f"{name} "):
             return int(float(line.split()[1]))
     return -1
 
 
-def history_points(url: str) -> int:
-    return len(httpx.get(f"{url}/api/v1/polls/{POLL}/history").json()["points"])
+def server_subscribers(url: str) -> int:
+    return _metric(url, "polling_stream_subscribers")
+
+
+def stream_reads(url: str) -> int:
+    """The publishers' reads of results so far (`polling_stream_reads_total`)."""
+    return _metric(url, "polling_stream_reads_total")
 
 
 def measure(nodes: list[LocalNode], token: str, log: Log) -> dict[str, Any]:
@@ -406,12 +411,12 @@ def measure(nodes: list[LocalNode], token: str, log: Log) -> dict[str, Any]:
             wait_idle(pid)
             rss = rss_kib(pid)
             on_server = server_subscribers(url)
-            points, count = history_points(url), client.call("count")
+            points, count = stream_reads(url), client.call("count")
             started = time.monotonic()
             rate = vote_rate(f"fanout-{held}", held)
             elapsed = time.monotonic() - started
             points, count = (
-                history_points(url) - points,
+                stream_reads(url) - points,
                 {k: v - count[k] for k, v in client.call("count").items()},
             )
             events_per_s = count["events"] / elapsed
@@ -520,7 +525,7 @@ def markdown(f: dict[str, Any]) -> list[str]:
     met = top["subscribers"] >= f["target"] and top["vote_vs_none"] >= 0.8
     rows += [
         "",
-        "Poll reads: history points added while voting, one per read that saw a new total. "
+        "Poll reads: the publishers' reads while voting (`polling_stream_reads_total`). "
         f"Delay: single votes at {top['latency']['rate']:g}/s, one after another; from each "
         "200 to the first event showing it at a few watching subscribers (the first opened, "
         "the last, one per thousand); a step sends fewer when the service cannot answer them "

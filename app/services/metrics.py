@@ -71,6 +71,7 @@ class ServiceCollector(Collector):
         self.state = state  # the FastAPI app's `state`: `service` and `defined` once started
         # Open stream subscribers; the streams' publisher registry sets this when wired in.
         self.stream_subscribers: Callable[[], int] = lambda: 0
+        self.stream_reads: Callable[[], int] = lambda: 0  # publishers' reads of results
 
     def describe(self) -> list[Metric]:
         return []  # names are not known before the service exists; skip the clash check
@@ -109,6 +110,11 @@ class ServiceCollector(Collector):
             "polling_stream_subscribers",
             "Clients subscribed to live result streams",
             value=self.stream_subscribers(),
+        )
+        yield CounterMetricFamily(
+            "polling_stream_reads",
+            "Reads of results by the live stream publishers (one per poll per interval)",
+            value=self.stream_reads(),
         )
 
     @staticmethod
