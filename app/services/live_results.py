@@ -117,6 +117,7 @@ class Publisher:
     def leave(self, box: Mailbox) -> None:
         self.subscribers.discard(box)
         if not self.subscribers:
+            self.registry.forget(self)  # a newcomer from now on starts a new publisher
             self._wake.set()  # stop now rather than at the end of the interval
 
     def _deliver(self, item: Item) -> None:

@@ -8,18 +8,16 @@ needed and not read: a reconnecting client gets the current state at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Request, Response
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.background import BackgroundTask
 
 from app.api import defined, handlers
 from app.api.deps import DefinedDep, ServiceDep, SettingsDep
 from app.api.handlers import invalid_reply, json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
+from app.api.sse import EventStreamResponse
 from app.api.v1.endpoints.polls import _is_organiser
 from app.api.v1.endpoints.votes import PollId
 from app.api.validation import InvalidInput, check_poll_id
@@ -105,10 +103,6 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
     return read
 
 
-def _ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping", sep="\n")
-
-
 async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> Response:
     """The stream, or the JSON error that the first read gave."""
     subscription = live.subscribe(key, read)
@@ -123,31 +117,8 @@ async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> R
         if first.snapshot.hidden and not organiser:
             return to_response(json_reply(403, HIDDEN))
 
-        async def events() -> AsyncIterator[ServerSentEvent]:
-            update = first
-            try:
-                while True:
-                    data = update.snapshot.body.decode()
-                    if update.snapshot.final:  # a browser must not reconnect: nothing follows
-                        yield ServerSentEvent(
-                            data=data, id=str(update.version), retry=FINAL_RETRY_MS, sep="\n"
-                        )
-                        return
-                    yield ServerSentEvent(data=data, id=str(update.version), sep="\n")
-                    update = await subscription.next()
-            except Stopped:
-                return
-            finally:
-                subscription.close()
-
         streaming = True
-        return EventSourceResponse(
-            events(),
-            ping=HEARTBEAT_SECONDS,
-            sep="\n",
-            ping_message_factory=_ping,
-            background=BackgroundTask(subscription.close),
-        )
+        return EventStreamResponse(subscription, first, HEARTBEAT_SECONDS, FINAL_RETRY_MS)
     finally:
         if not streaming:
             subscription.close()
