@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from app.core.config import SettingsError, load_settings
 from app.core.consistent_hash import HashRing
 from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode
@@ -221,6 +222,18 @@ async def test_journal_batches_for_moved_polls_count_once(
     await restarted.start()
     await restarted.stop()
     assert_on_owners(nodes, LABELS)
+
+
+def test_retiring_nodes_keep_their_old_labels_and_need_ring_nodes() -> None:
+    settings = load_settings(
+        redis_nodes="redis://h:7000,redis://h:7001", redis_retiring_nodes="redis://h:7002"
+    )
+    assert [n.label for n in settings.nodes] == ["redis_7000", "redis_7001"]
+    assert [n.label for n in settings.retiring_nodes] == ["redis_7002"]
+    with pytest.raises(SettingsError, match="REDIS_RETIRING_NODES: needs REDIS_NODES"):
+        load_settings(redis_nodes="", redis_retiring_nodes="redis://h:7002")
+    with pytest.raises(SettingsError, match="unique"):
+        load_settings(redis_nodes="a=redis://h:1", redis_retiring_nodes="a=redis://h:2")
 
 
 def run_command(args: list[str], nodes: list[LocalNode]) -> str:
