@@ -32,6 +32,7 @@ from app.storage.base import Store
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
+from app.storage.moves import Mover
 from app.storage.redis_store import ShardedRedisStore
 from app.web import routes as web
 
@@ -50,12 +51,15 @@ def build_store(settings: Settings) -> Store:
         settings.virtual_nodes,
         settings.redis_timeout_seconds,
         settings.redis_tls_ca_file,
+        settings.retiring_nodes,
     )
 
 
 def build_service(settings: Settings) -> PollingService:
+    store = build_store(settings)
+    mover = Mover(store.manager, store.call) if isinstance(store, ShardedRedisStore) else None
     return PollingService(
-        build_store(settings),
+        store,
         batch_interval=settings.batch_interval_seconds,
         batch_max_votes=settings.batch_max_votes,
         cache=ResultsCache(settings.cache_ttl_seconds, settings.cache_max_polls),
@@ -63,6 +67,7 @@ def build_service(settings: Settings) -> PollingService:
         max_pending_pairs_per_node=settings.max_pending_pairs_per_node,
         shutdown_flush_seconds=settings.shutdown_flush_seconds,
         journal=build_journal(settings),
+        mover=mover,
     )
 
 

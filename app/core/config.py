@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.nodes import NodeSpec, parse_nodes
@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         DEFAULT_NODES,
         repr=False,  # may hold passwords; `nodes` shows them redacted
         description="Comma-separated `url` or `label=url`; empty for the in-memory store.",
+    )
+    redis_retiring_nodes: str = Field(
+        "",
+        repr=False,
+        description="Nodes leaving the ring (`url` or `label=url`, their old labels): reached "
+        "only to move their polls to the nodes of `REDIS_NODES` at start.",
     )
     virtual_nodes: int = Field(100, ge=1, le=10_000)
     batch_interval_seconds: float = Field(
@@ -87,6 +93,15 @@ class Settings(BaseSettings):
         parse_nodes(value)
         return value
 
+    @field_validator("redis_retiring_nodes")
+    @classmethod
+    def _retiring_parse(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip():
+            if not str(info.data.get("redis_nodes", "")).strip():
+                raise ValueError("needs REDIS_NODES: the nodes the polls move to")
+            parse_nodes(f"{info.data['redis_nodes']},{value}")
+        return value
+
     @field_validator("api_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
@@ -104,7 +119,19 @@ class Settings(BaseSettings):
 
     @cached_property
     def nodes(self) -> list[NodeSpec]:
-        return parse_nodes(self.redis_nodes)
+        """The ring's nodes. Parsed with the retiring ones, so default labels match the old
+        ring's (`redis_<port>`) and a label is never used twice."""
+        return self._all_nodes[: len(parse_nodes(self.redis_nodes))]
+
+    @cached_property
+    def retiring_nodes(self) -> list[NodeSpec]:
+        return self._all_nodes[len(self.nodes) :]
+
+    @cached_property
+    def _all_nodes(self) -> list[NodeSpec]:
+        if not self.redis_retiring_nodes.strip():
+            return parse_nodes(self.redis_nodes)
+        return parse_nodes(f"{self.redis_nodes},{self.redis_retiring_nodes}")
 
 
 def load_settings(**overrides: object) -> Settings:

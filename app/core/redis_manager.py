@@ -18,17 +18,32 @@ logger = logging.getLogger("app.redis_manager")
 
 
 class RedisManager:
-    """Owns the node clients and the ring. Connects lazily: nothing happens at construction."""
+    """Owns the node clients and the ring. Connects lazily: nothing happens at construction.
+
+    Retiring nodes get a client but no place on the ring: polls are only moved off them."""
 
     def __init__(
-        self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float, tls_ca_file: str = ""
+        self,
+        nodes: list[NodeSpec],
+        virtual_nodes: int,
+        timeout: float,
+        tls_ca_file: str = "",
+        retiring: list[NodeSpec] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("RedisManager needs at least one node")
         self.specs = {spec.label: spec for spec in nodes}
+        self.retiring = {spec.label: spec for spec in retiring or []}
         self.ring = HashRing([spec.label for spec in nodes], virtual_nodes)
         # Our flusher retries whole batches itself, so the client must not retry on its own.
-        self.clients = {spec.label: self._client(spec, timeout, tls_ca_file) for spec in nodes}
+        self.clients = {
+            spec.label: self._client(spec, timeout, tls_ca_file)
+            for spec in [*nodes, *self.retiring.values()]
+        }
+
+    def spec(self, label: str) -> NodeSpec:
+        """A ring node's or a retiring node's spec."""
+        return self.specs.get(label) or self.retiring[label]
 
     @staticmethod
     def _client(spec: NodeSpec, timeout: float, tls_ca_file: str) -> Redis:
@@ -57,8 +72,8 @@ class RedisManager:
             except (RedisError, OSError):
                 return False
 
-        results = await asyncio.gather(*(ping(label) for label in self.clients))
-        return dict(zip(self.clients, results, strict=True))
+        results = await asyncio.gather(*(ping(label) for label in self.specs))
+        return dict(zip(self.specs, results, strict=True))
 
     async def close(self) -> None:
         for client in self.clients.values():

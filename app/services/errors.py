@@ -106,3 +106,8 @@ class ResultsHidden(VoteRejected):
     status = 403
     retry_after = None
     kind = "results_hidden"
+
+
+class RebalanceBlocked(Exception):
+    """Start-up cannot move the polls whose owner changed (a node is down); it stops, and the
+    next start resumes the move."""

@@ -16,6 +16,7 @@ from app.services.errors import (
     LargerThanBacklog,
     NodeDown,
     OutcomeUnknown,
+    RebalanceBlocked,
     ResultsUnavailable,
     ShuttingDown,
     TooManyOptions,
@@ -28,6 +29,7 @@ from app.services.metrics import Rejections
 from app.services.results_cache import CacheEntry, ResultsCache
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Counts, NodeMisconfigured, NodeUnavailable, Snapshot, Store
+from app.storage.moves import Mover, ring_config
 
 logger = logging.getLogger("app.polling_service")
 
@@ -67,15 +69,19 @@ class PollingService:
         max_pending_pairs_per_node: int,
         shutdown_flush_seconds: float = 10.0,
         journal: Journal | None = None,
+        mover: Mover | None = None,
     ) -> None:
         self.store = store
+        self.mover = mover
         self.cache = cache
         self.write_through = batch_interval <= 0
         self.batch_max_votes = batch_max_votes
         self.max_options = max_options_per_poll
         self.max_pending_pairs = max_pending_pairs_per_node
         self.shutdown_flush_seconds = shutdown_flush_seconds
-        self.buffers = {node: VoteBuffer() for node in store.nodes}
+        # Retiring nodes take no votes; a buffer lets recovered batches reach them.
+        retiring = list(mover.manager.retiring) if mover else []
+        self.buffers = {node: VoteBuffer() for node in [*store.nodes, *retiring]}
         self.journal = journal
         self.flusher = Flusher(
             store, self.buffers, batch_interval or 1.0, cache.apply_batch, journal=journal
@@ -104,8 +110,11 @@ class PollingService:
     async def start(self) -> None:
         await self.store.open()
         await self._check_nodes()
+        misplaced: dict[str, set[str]] = {}
         if self.journal is not None:
-            await self._recover(self.journal)
+            misplaced = await self._recover(self.journal)
+        if self.mover is not None:
+            await self._rebalance(self.mover, misplaced)
         self.flusher.start()
         self.accepting = True
 
@@ -121,16 +130,60 @@ class PollingService:
             except NodeUnavailable:
                 continue
 
-    async def _recover(self, journal: Journal) -> None:
+    async def _rebalance(self, mover: Mover, misplaced: dict[str, set[str]]) -> None:
+        """Before any vote or read: move the polls whose owner changed (all of them when the
+        ring differs from the one recorded on the nodes; else those of recovered batches
+        that went to their old node), once the journal's batches have all landed."""
+        config = ring_config(mover.manager)
+        recorded = await mover.recorded()
+        down = {n: r for n, r in recorded.items() if isinstance(r, NodeUnavailable)}
+        full = bool(mover.manager.retiring) or any(
+            recorded[n] != config for n in mover.manager.specs if n not in down
+        )
+        if not full and not misplaced:
+            return
+        if down:
+            if full and not misplaced and not any(isinstance(r, str) for r in recorded.values()):
+                logger.warning(
+                    "rebalance: no ring recorded yet and %s down: polls not checked; "
+                    "restart once every node is up",
+                    sorted(down),
+                )
+                return
+            raise RebalanceBlocked(f"the ring changed, and {next(iter(down.values()))}")
+        if not await self.flusher.drain(self.shutdown_flush_seconds):
+            raise RebalanceBlocked("the ring changed, and the journal's batches cannot land")
+        if full:
+            logger.info("rebalance: the ring changed; moving polls to their new owners first")
+            report = await mover.scan()
+            await mover.record()
+            logger.info(
+                "rebalance: done: %d of %d polls moved (%d votes): %s",
+                report.moved,
+                report.polls,
+                report.votes,
+                {f"{s}->{t}": len(p) for (s, t), p in report.moves.items()},
+            )
+            return
+        for node, polls in misplaced.items():
+            for poll_id in sorted(polls):
+                await mover.move_poll(node, poll_id)
+
+    async def _recover(self, journal: Journal) -> dict[str, set[str]]:
         """Replay what earlier processes left: sealed batches keep their ids (a node that
         already applied one ignores it); loose votes become new batches, sealed (absorbing
-        their segments) before they are sent, like any other."""
+        their segments) before they are sent, like any other. Returns, by node, the polls of
+        sealed batches that went to a node (ring or retiring) no longer their owner."""
         found = journal.recover()
         journal.start()
         batches = []
+        misplaced: dict[str, set[str]] = {}
         for batch in found.batches:
             if batch.node in self.buffers:
                 batches.append(batch)
+                polls = {p for p in batch.counts if self.store.node_for(p) != batch.node}
+                if polls:
+                    misplaced.setdefault(batch.node, set()).update(polls)
                 continue
             parts = [
                 dataclasses.replace(batch, node=node, counts=counts)
@@ -159,6 +212,7 @@ class PollingService:
             votes = sum(b.votes for b in batches) + sum(b.votes for b in loose)
             logger.info("journal: recovered %d votes from an earlier run", votes)
             await self.flusher.flush()
+        return misplaced
 
     async def stop(self) -> bool:
         """Stop taking votes, flush everything held, then close the store. True when

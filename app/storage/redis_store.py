@@ -207,9 +207,14 @@ def _set_aside(replies: list[Any]) -> tuple[str, ...]:
 
 class ShardedRedisStore:
     def __init__(
-        self, nodes: list[NodeSpec], virtual_nodes: int, timeout: float, tls_ca_file: str = ""
+        self,
+        nodes: list[NodeSpec],
+        virtual_nodes: int,
+        timeout: float,
+        tls_ca_file: str = "",
+        retiring: list[NodeSpec] | None = None,
     ) -> None:
-        self.manager = RedisManager(nodes, virtual_nodes, timeout, tls_ca_file)
+        self.manager = RedisManager(nodes, virtual_nodes, timeout, tls_ca_file, retiring)
 
     @property
     def nodes(self) -> list[str]:
@@ -229,7 +234,7 @@ class ShardedRedisStore:
         try:
             return await operation
         except (TimeoutError, RedisError, OSError) as exc:
-            spec = self.manager.specs[node]
+            spec = self.manager.spec(node)
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
             raise NodeUnavailable(
                 node,
@@ -249,7 +254,7 @@ class ShardedRedisStore:
             raise
         policy = reply.get("maxmemory-policy", "noeviction")
         if policy not in SAFE_EVICTION_POLICIES:
-            spec = self.manager.specs[node]
+            spec = self.manager.spec(node)
             raise NodeMisconfigured(
                 node,
                 spec.safe_url,
@@ -279,7 +284,7 @@ class ShardedRedisStore:
             pipe.eval(APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
         replies = await self.call(node, pipe.execute())
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier batch
-            spec = self.manager.specs[node]
+            spec = self.manager.spec(node)
             raise NodeUnavailable(node, spec.safe_url, "an earlier batch has not landed")
         return Applied(_set_aside(replies))
 

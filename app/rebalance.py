@@ -1,0 +1,77 @@
+"""`python -m app.rebalance [--dry-run]`: move the ad-hoc polls whose owner changed under
+the ring `REDIS_NODES` names (off `REDIS_RETIRING_NODES` too), as the service does at start.
+Run it with every instance stopped; `--dry-run` only says which polls would move."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from app.core.config import SettingsError, load_settings
+from app.storage.base import NodeUnavailable
+from app.storage.moves import Mover, Report
+from app.storage.redis_store import ShardedRedisStore
+
+SHOWN = 20  # poll ids listed per (source, target)
+
+
+def summary(report: Report, dry_run: bool) -> list[str]:
+    lines = []
+    for (source, target), polls in sorted(report.moves.items()):
+        more = f", ... ({len(polls) - SHOWN} more)" if len(polls) > SHOWN else ""
+        lines.append(f"{source} -> {target}: {len(polls)} polls: {', '.join(polls[:SHOWN])}{more}")
+    share = report.moved / report.polls if report.polls else 0.0
+    verb = "would move" if dry_run else "moved"
+    votes = "" if dry_run else f", {report.votes} votes"
+    lines.append(f"{verb} {report.moved} of {report.polls} polls ({share:.1%}){votes}")
+    return lines
+
+
+async def rebalance(dry_run: bool) -> int:
+    settings = load_settings()
+    if not settings.nodes:
+        print("REDIS_NODES is empty: nothing to rebalance", file=sys.stderr)
+        return 2
+    store = ShardedRedisStore(
+        settings.nodes,
+        settings.virtual_nodes,
+        settings.redis_timeout_seconds,
+        settings.redis_tls_ca_file,
+        settings.retiring_nodes,
+    )
+    mover = Mover(store.manager, store.call)
+    retiring = ", ".join(mover.manager.retiring) or "none"
+    print(
+        f"ring: {', '.join(mover.manager.specs)} ({settings.virtual_nodes} virtual nodes); "
+        f"retiring: {retiring}"
+    )
+    try:
+        report = await mover.scan(dry_run=dry_run)
+        if not dry_run:
+            await mover.record()
+    except NodeUnavailable as exc:
+        print(f"stopped: {exc}; run it again once the node is up", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    print("\n".join(summary(report, dry_run)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.rebalance", description=__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="say what would move; move nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        code = asyncio.run(rebalance(args.dry_run))
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
