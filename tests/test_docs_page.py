@@ -4,25 +4,18 @@ is listed (Swagger UI is served by the app itself, not a CDN)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.conftest import ServiceProcess
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+    *CHROMIUM_FLAGS,
     "--virtual-time-budget=15000",  # run the page's scripts and fetches to completion
 ]
 

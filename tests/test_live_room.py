@@ -7,7 +7,6 @@ Every test saves a screenshot in tests/screenshots/ (git-ignored) for a person t
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,18 +15,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.devtools.local_nodes import LocalNode
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.conftest import ServiceProcess, nodes_setting
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+ARGS = CHROMIUM_FLAGS
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 TOKEN = "organiser-token"
 PHONE = {"viewport": {"width": 390, "height": 780}, "device_scale_factor": 2, "is_mobile": True}
