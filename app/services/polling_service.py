@@ -154,7 +154,11 @@ class PollingService:
         if not await self.flusher.drain(self.shutdown_flush_seconds):
             raise RebalanceBlocked("the ring changed, and the journal's batches cannot land")
         if full:
-            logger.info("rebalance: the ring changed; moving polls to their new owners first")
+            first = not any(isinstance(r, str) for r in recorded.values())
+            logger.info(
+                "rebalance: %s; moving polls to their new owners first",
+                "no ring recorded on the nodes yet" if first else "the ring changed",
+            )
             report = await mover.scan()
             await mover.record()
             logger.info(
