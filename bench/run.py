@@ -4,7 +4,8 @@ Starts two local nodes, the service, and the *naive* and *bare* reference apps (
 settings, one worker each), drives them in turns with wrk over several rounds, and reports
 medians and ratios. The service's defined-poll vote takes its turn beside its ad-hoc vote;
 a node of its own measures what a defined poll's voter costs in memory; last, the live
-results fan-out (bench/fanout.py): subscribers held on one worker. Writes results.md,
+results fan-out (bench/fanout.py): subscribers held on one worker; then how far apart two
+instances' answers are (bench/instances.py). Writes results.md,
 results.json and chart.png to bench/results/.
 """
 
@@ -25,7 +26,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import defined, fanout
+from bench import defined, fanout, instances
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -173,6 +174,7 @@ def main() -> None:
         per_voter = memory["memory_usage_per_voter"]
         log(f"voter memory: {per_voter:.1f} bytes a voter (MEMORY USAGE of the voters hash)")
         fanned = fanout.measure(nodes[:2], TOKEN, log)
+        apart = instances.measure(nodes[:2], TOKEN, log)
     finally:
         for process in processes:
             process.kill()
@@ -197,6 +199,7 @@ def main() -> None:
         for name, r in journal_modes.items()
     }
     report["fanout"] = fanned
+    report["instances"] = apart
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (OUT / "results.md").write_text(table)
@@ -353,6 +356,8 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {name} | {figures} |")
     if "fanout" in r:
         lines += ["", *fanout.markdown(r["fanout"])]
+    if "instances" in r:
+        lines += ["", *instances.markdown(r["instances"])]
     return "\n".join(lines) + "\n"
 
 

@@ -234,6 +234,48 @@ def test_compose_puts_nginx_in_front_with_limits() -> None:
     assert conf["listen"] == "8000"
 
 
+REPLICAS = ["app-1", "app-2"]
+
+
+def test_replicas_compose_runs_two_instances_of_the_same_app_behind_nginx() -> None:
+    single = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    replicas = yaml.safe_load((ROOT / "docker-compose.replicas.yml").read_text())
+    services = replicas["services"]
+    assert set(services) == {"redis-node-1", "redis-node-2", "nginx", *REPLICAS}
+    for name in ["redis-node-1", "redis-node-2"]:
+        assert services[name] == single[name], name  # the same nodes, ports and volumes
+    journals = []
+    for name in REPLICAS:
+        app = dict(services[name])
+        env = dict(app.pop("environment"))
+        # The same secret and token on both, from the environment; the secret is required.
+        assert env.pop("VOTER_SECRET").startswith("${VOTER_SECRET:?")
+        assert env.pop("API_TOKEN") == "${API_TOKEN:-}"
+        assert env == single["app"]["environment"], name  # same nodes and settings
+        [journal] = app.pop("volumes")
+        journals.append(journal.split(":")[0])
+        assert journal.endswith(":" + env["JOURNAL_DIR"])
+        assert app == {
+            k: v for k, v in single["app"].items() if k not in {"environment", "volumes"}
+        }
+        assert "ports" not in app
+    assert len(set(journals)) == 2 and set(journals) <= set(replicas["volumes"])
+    nginx = services["nginx"]
+    assert {k: v for k, v in nginx.items() if k not in {"volumes", "depends_on"}} == {
+        k: v for k, v in single["nginx"].items() if k not in {"volumes", "depends_on"}
+    }
+    assert nginx["volumes"] == ["./deploy/nginx.replicas.conf:/etc/nginx/nginx.conf:ro"]
+    assert nginx["depends_on"] == {n: {"condition": "service_healthy"} for n in REPLICAS}
+
+    text = (ROOT / "deploy" / "nginx.replicas.conf").read_text()
+    upstream = re.search(r"upstream app \{(.*?)\}", text, re.S).group(1)  # type: ignore[union-attr]
+    assert re.findall(r"server (\S+);", upstream) == [f"{n}:8000" for n in REPLICAS]
+    # Otherwise the same nginx: the same limits and locations as deploy/nginx.conf.
+    assert text.split("http {", 1)[1] == NGINX_CONF.read_text().split("http {", 1)[1].replace(
+        "        server app:8000;\n", "        server app-1:8000;\n        server app-2:8000;\n"
+    )
+
+
 def nginx_test_config(tmp_path: Path, listen: int, upstream: str) -> Path:
     """deploy/nginx.conf for a local run: our port and upstream, temp files under tmp_path
     (Debian's build keeps them in /var/lib/nginx, which exists only once it is installed)."""
