@@ -110,7 +110,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/', like /api/v1")
         return value
 
-    @field_validator("api_token")
+    @field_validator("api_token", "voter_secret")
     @classmethod
     def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
