@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from app.devtools.local_nodes import LocalNode
 from tests.conftest import NodeFactory, ServiceProcess, running_app, settings_for, stored_counts
@@ -247,6 +248,13 @@ async def test_a_vote_repeated_with_its_idempotency_key_counts_once(
         assert changed.status_code == 409
         assert (await client.get("/api/v1/results/p")).json()["results"] == {"A": 1}
     assert sum(stored_counts(n, "p").get("A", 0) for n in two_nodes) == 1
+    claims, parts = [], []
+    for node in two_nodes:  # a part's marker outlives its claim: no repeat at the 24 h edge
+        with redis.Redis(port=node.port) as client:
+            claims += [client.ttl(k) for k in client.keys("idem:{req-1}")]
+            parts += [client.ttl(k) for k in client.keys("idem:{req-1}:part")]
+    assert len(claims) == len(parts) == 1
+    assert 0 < claims[0] <= 24 * 3600 < parts[0]
     for i in range(30):
         assert sum(stored_counts(n, f"q{i}").get("A", 0) for n in two_nodes) == 7
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -162,7 +161,3 @@ class DefinedPolls:
             return await self.store.history(poll_id)
         except NodeUnavailable as exc:
             raise NodeDown(f"{exc}; retry later") from exc
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

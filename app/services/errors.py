@@ -103,6 +103,8 @@ class IdempotencyKeyReused(VoteRejected):
 
 
 class ResultsHidden(VoteRejected):
+    """A hidden poll's results, asked for without the organiser's token before the reveal."""
+
     status = 403
     retry_after = None
     kind = "results_hidden"
@@ -111,3 +113,6 @@ class ResultsHidden(VoteRejected):
 class RebalanceBlocked(Exception):
     """Start-up cannot move the polls whose owner changed (a node is down); it stops, and the
     next start resumes the move."""
+
+
+HIDDEN = ResultsHidden("results are hidden until the organiser reveals them")

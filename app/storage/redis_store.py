@@ -304,7 +304,7 @@ class ShardedRedisStore:
             idempotency_key(key),
             *keys,
             fingerprint,
-            IDEMPOTENCY_TTL,
+            PART_TTL,
             *args,
         )
         reply = await self.call(node, script)

@@ -13,16 +13,14 @@ from app.api import defined
 from app.api.deps import DefinedDep, SettingsDep
 from app.api.handlers import json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
-from app.api.v1.endpoints.polls import _is_organiser
+from app.api.v1.endpoints.polls import visible_record
 from app.api.v1.endpoints.votes import PollId
 from app.schemas.defined import PollHistory
 from app.schemas.polls import Message
-from app.services.defined_polls import DefinedPolls
 from app.services.errors import VoteRejected
 from app.storage.defined import PollRecord
 
 router = APIRouter(prefix="/polls", tags=["defined polls"])
-HIDDEN = {"detail": "results are hidden until the organiser reveals them", "type": "results_hidden"}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     403: {"model": Message, "description": "Hidden until revealed (token sees them)."},
@@ -37,19 +35,6 @@ def cell(text: str) -> str:
     """A text cell that a spreadsheet shows as text: one that would start a formula gets a
     leading apostrophe (the usual defence against CSV injection)."""
     return "'" + text if text.startswith(FORMULA_START) else text
-
-
-async def visible_record(
-    poll_id: str, request: Request, polls: DefinedPolls, settings: Any
-) -> PollRecord | Response:
-    """The poll as stored now, or the 404/403/503 answer that results would give."""
-    try:
-        record = await polls.load(poll_id)
-    except VoteRejected as exc:
-        return to_response(rejected_reply(exc))
-    if not defined.results_visible(record, _is_organiser(request, settings)):
-        return to_response(json_reply(403, HIDDEN))
-    return record
 
 
 def results_csv(record: PollRecord) -> str:

@@ -17,9 +17,9 @@ from app.api.v1.endpoints.votes import PollId, _json_body
 from app.api.voters import COOKIE, HEADER
 from app.schemas.defined import DefinedResults, PollCreate, PollOut
 from app.schemas.polls import Message, VoteAccepted, VoteRequest
-from app.services.defined_polls import new_poll_id
-from app.services.errors import VoteRejected
-from app.storage.defined import PollDefinition
+from app.services.defined_polls import DefinedPolls, new_poll_id
+from app.services.errors import HIDDEN, VoteRejected
+from app.storage.defined import PollDefinition, PollRecord
 
 router = APIRouter(prefix="/polls", tags=["defined polls"])
 MAX_DEFINITION_BODY = 16 * 1024
@@ -47,9 +47,22 @@ def _organiser(request: Request, settings: Any) -> Reply | None:
     return None
 
 
-def _is_organiser(request: Request, settings: Any) -> bool:
+def is_organiser(request: Request, settings: Any) -> bool:
     token = settings.api_token.get_secret_value() if settings.api_token else None
     return authorised(token, request.headers.get("authorization"))
+
+
+async def visible_record(
+    poll_id: str, request: Request, polls: DefinedPolls, settings: Any
+) -> PollRecord | Response:
+    """The poll as stored now, or the 404/403/503 answer its results get."""
+    try:
+        record = await polls.load(poll_id)
+    except VoteRejected as exc:
+        return to_response(rejected_reply(exc))
+    if not defined.results_visible(record, is_organiser(request, settings)):
+        return to_response(rejected_reply(HIDDEN))
+    return record
 
 
 def _definition(body: PollCreate) -> PollDefinition:
@@ -226,15 +239,8 @@ async def results(
     poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
 ) -> Response:
     """Each option's count and `total_votes`, read from the node: exact across instances."""
-    try:
-        record = await polls.load(poll_id)
-    except VoteRejected as exc:
-        return to_response(rejected_reply(exc))
-    if not defined.results_visible(record, _is_organiser(request, settings)):
-        detail = {
-            "detail": "results are hidden until the organiser reveals them",
-            "type": "results_hidden",
-        }
-        return to_response(json_reply(403, detail))
+    record = await visible_record(poll_id, request, polls, settings)
+    if isinstance(record, Response):
+        return record
     served_via = polls.store.node_for(poll_id)
     return to_response(json_reply(200, defined.results_payload(record, served_via)))

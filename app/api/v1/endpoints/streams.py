@@ -18,19 +18,18 @@ from app.api.deps import DefinedDep, ServiceDep, SettingsDep
 from app.api.handlers import invalid_reply, json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
 from app.api.sse import EventStreamResponse
-from app.api.v1.endpoints.polls import _is_organiser
+from app.api.v1.endpoints.polls import is_organiser
 from app.api.v1.endpoints.votes import PollId
 from app.api.validation import InvalidInput, check_poll_id
 from app.schemas.polls import Message
 from app.services.defined_polls import DefinedPolls
-from app.services.errors import VoteRejected
+from app.services.errors import HIDDEN, VoteRejected
 from app.services.live_results import LiveResults, Reader, ReadFailed, Snapshot, Stopped
 from app.services.polling_service import PollingService
 
 router = APIRouter(tags=["live results"])
 HEARTBEAT_SECONDS = 15
 FINAL_RETRY_MS = 24 * 3600 * 1000  # `retry:` of the final event: EventSource waits a day
-HIDDEN = {"detail": "results are hidden until the organiser reveals them", "type": "results_hidden"}
 STOPPING = {"detail": "the service is stopping", "type": "shutting_down"}
 
 
@@ -115,7 +114,7 @@ async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> R
         except Stopped:
             return to_response(json_reply(503, STOPPING, [(b"retry-after", b"5")]))
         if first.snapshot.hidden and not organiser:
-            return to_response(json_reply(403, HIDDEN))
+            return to_response(rejected_reply(HIDDEN))
 
         streaming = True
         return EventStreamResponse(subscription, first, HEARTBEAT_SECONDS, FINAL_RETRY_MS)
@@ -161,7 +160,7 @@ async def defined_stream(
     if bad is not None:
         return bad
     read = defined_reader(polls, poll_id)
-    return await _open(live, f"def:{poll_id}", read, _is_organiser(request, settings))
+    return await _open(live, f"def:{poll_id}", read, is_organiser(request, settings))
 
 
 @router.get(
