@@ -434,3 +434,27 @@ async def test_both_paths_read_the_first_of_a_repeated_header(fast: bool) -> Non
             "/api/v1/polls/talk/vote/", json={"option_id": "A"}, headers=voter("x")
         )
         assert slash.status_code == 404
+
+
+async def test_a_defined_vote_whose_reply_was_cut_is_counted_once_and_the_retry_says_so(
+    start_node: NodeFactory,
+) -> None:
+    node = start_node()
+    proxy = await ReplyCuttingProxy(node.port).start()
+    try:
+        settings = settings_for(None, redis_nodes=f"n={proxy.url}", api_token=TOKEN)
+        async with running_app(settings) as (client, _):
+            await create(client)
+            proxy.cuts_left = 1  # the check-and-count reaches the node; its answer is lost
+            first = await client.post(
+                "/api/v1/polls/talk/vote", json={"option_id": "A"}, headers=voter("ann")
+            )
+            assert first.status_code == 503 and first.json()["type"] == "outcome_unknown"
+            retry = await client.post(
+                "/api/v1/polls/talk/vote", json={"option_id": "A"}, headers=voter("ann")
+            )
+            assert retry.status_code == 409 and retry.json()["type"] == "already_voted"
+            results = (await client.get("/api/v1/polls/talk/results")).json()
+            assert results["total_votes"] == 1 and results["options"][0]["count"] == 1
+    finally:
+        await proxy.stop()
