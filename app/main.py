@@ -29,6 +29,7 @@ from app.services.metrics import metrics_registry, metrics_route
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
+from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
@@ -44,6 +45,10 @@ for a few seconds. Reads always include votes that are not flushed yet."""
 
 
 def build_store(settings: Settings) -> Store:
+    if settings.cluster is not None:
+        return ClusterRedisStore(
+            settings.cluster, settings.redis_timeout_seconds, settings.redis_tls_ca_file
+        )
     if not settings.nodes:
         return MemoryStore()
     return ShardedRedisStore(
@@ -74,6 +79,8 @@ def build_service(settings: Settings) -> PollingService:
 def build_defined(store: Store) -> DefinedPolls:
     if isinstance(store, ShardedRedisStore):
         return DefinedPolls(RedisDefinedStore(store.manager, store.call))
+    if isinstance(store, ClusterRedisStore):
+        return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())
 
 

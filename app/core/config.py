@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         description="Nodes leaving the ring (`url` or `label=url`, their old labels): reached "
         "only to move their polls to the nodes of `REDIS_NODES` at start.",
     )
+    redis_cluster_url: str = Field(
+        "",
+        repr=False,
+        description="One master of a Redis Cluster (`redis://host:port`): the cluster's slots "
+        "shard the polls instead of our ring, and REDIS_NODES is not used.",
+    )
     virtual_nodes: int = Field(100, ge=1, le=10_000)
     batch_interval_seconds: float = Field(
         10.0, ge=0, le=3600, description="0 writes every vote through to the store."
@@ -102,6 +108,16 @@ class Settings(BaseSettings):
             parse_nodes(f"{info.data['redis_nodes']},{value}")
         return value
 
+    @field_validator("redis_cluster_url")
+    @classmethod
+    def _cluster_parse(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip():
+            if len(parse_nodes(value)) != 1 or "=" in value.split("://", 1)[0]:
+                raise ValueError("takes one URL, like redis://host:7000 (no label, no list)")
+            if str(info.data.get("redis_retiring_nodes", "")).strip():
+                raise ValueError("a cluster moves its own slots: leave REDIS_RETIRING_NODES empty")
+        return value
+
     @field_validator("api_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
@@ -122,6 +138,13 @@ class Settings(BaseSettings):
         """The ring's nodes. Parsed with the retiring ones, so default labels match the old
         ring's (`redis_<port>`) and a label is never used twice."""
         return self._all_nodes[: len(parse_nodes(self.redis_nodes))]
+
+    @cached_property
+    def cluster(self) -> NodeSpec | None:
+        """The cluster to use instead of the ring, when REDIS_CLUSTER_URL is set."""
+        if not self.redis_cluster_url.strip():
+            return None
+        return NodeSpec("cluster", parse_nodes(self.redis_cluster_url)[0].url)
 
     @cached_property
     def retiring_nodes(self) -> list[NodeSpec]:

@@ -62,6 +62,9 @@ class RedisManager:
     def node_for(self, poll_id: str) -> str:
         return self.ring.get_node(poll_id)
 
+    def served_via(self, poll_id: str) -> str:
+        return self.node_for(poll_id)
+
     def client(self, label: str) -> Redis:
         return self.clients[label]
 

@@ -44,6 +44,7 @@ class LocalNode:
     port: int
     data_dir: Path | None = None
     password: str | None = None
+    extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -62,7 +63,7 @@ class LocalNode:
             args += ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
-        return args
+        return args + self.extra_args
 
     def start(self, timeout: float = 10.0) -> LocalNode:
         if port_in_use(self.port):

@@ -438,7 +438,7 @@ class PollingService:
                 stale = True
             else:
                 self.cache.put(poll_id, source, version)
-                served_via = node
+                served_via = source.via or node
         counts = dict(source.counts)
         for batch in self.flusher.in_flight.get(node, []):
             if not source.holds(batch):

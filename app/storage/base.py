@@ -48,10 +48,12 @@ def holds(applied: dict[str, int], batch: Batch) -> bool:
 @dataclass(frozen=True)
 class Snapshot:
     """A poll's stored counts, and for each flusher asked about, the highest batch seq the
-    node had applied when the counts were read (read in the same atomic step)."""
+    node had applied when the counts were read (read in the same atomic step). `via` names
+    the server that answered when the node label alone does not (a cluster's master)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
+    via: str = ""
 
     def holds(self, batch: Batch) -> bool:
         return holds(self.applied, batch)

@@ -20,9 +20,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from app.core.redis_manager import RedisManager
-
 T = TypeVar("T")
+
+
+class NodeClients(Protocol):
+    """Where a poll lives and a client for it: our ring (`RedisManager`) or a cluster."""
+
+    def node_for(self, poll_id: str) -> str: ...
+
+    def client(self, label: str) -> Any: ...
+
+    def served_via(self, poll_id: str) -> str: ...
+
+
 HISTORY_MAX_POINTS = 3600  # an hour of points at the closest spacing
 HISTORY_GAP_MS = 1000  # at most one point a second per poll (the final point always lands)
 
@@ -61,6 +71,10 @@ class DefinedVote:
 
 class DefinedStore(Protocol):
     def node_for(self, poll_id: str) -> str: ...
+
+    def served_via(self, poll_id: str) -> str:
+        """What `served_via` says for the poll: its node, or the master serving it."""
+        ...
 
     async def create(self, definition: PollDefinition) -> bool:
         """Store a new definition; False if the id is taken."""
@@ -232,13 +246,16 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
 
 class RedisDefinedStore:
     def __init__(
-        self, manager: RedisManager, call: Callable[[str, Awaitable[Any]], Awaitable[Any]]
+        self, manager: NodeClients, call: Callable[[str, Awaitable[Any]], Awaitable[Any]]
     ) -> None:
         self.manager = manager
         self.call = call
 
     def node_for(self, poll_id: str) -> str:
         return self.manager.node_for(poll_id)
+
+    def served_via(self, poll_id: str) -> str:
+        return self.manager.served_via(poll_id)
 
     async def _eval(self, poll_id: str, script: str, keys: list[str], *args: str) -> Any:
         node = self.node_for(poll_id)

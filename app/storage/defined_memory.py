@@ -36,6 +36,9 @@ class MemoryDefinedStore:
     def node_for(self, poll_id: str) -> str:
         return MEMORY_NODE
 
+    def served_via(self, poll_id: str) -> str:
+        return MEMORY_NODE
+
     async def create(self, definition: PollDefinition) -> bool:
         if definition.poll_id in self._polls:
             return False

@@ -174,7 +174,7 @@ def _poll_of(key: str) -> str:
     return key[key.index("{") + 1 : key.rindex("}")]
 
 
-def _to_counts(flat: list[Any]) -> dict[str, int]:
+def to_counts(flat: list[Any]) -> dict[str, int]:
     """HGETALL's flat reply; a field that is not a whole number is no count and is skipped."""
     counts: dict[str, int] = {}
     for field, value in zip(flat[::2], flat[1::2], strict=True):
@@ -183,14 +183,14 @@ def _to_counts(flat: list[Any]) -> dict[str, int]:
     return counts
 
 
-def _reached_node(exc: BaseException) -> bool:
+def reached_node(exc: BaseException) -> bool:
     """False only when the request certainly never left: the connection was never made."""
     if isinstance(exc, ConnectionRefusedError):
         return False
     return not (isinstance(exc, RedisError) and "connecting" in str(exc))
 
 
-def _script_args(batch_counts: Counts) -> tuple[list[str], list[str | int]]:
+def script_args(batch_counts: Counts) -> tuple[list[str], list[str | int]]:
     keys: list[str] = []
     args: list[str | int] = []
     for poll_id, options in batch_counts.items():
@@ -201,7 +201,7 @@ def _script_args(batch_counts: Counts) -> tuple[list[str], list[str | int]]:
     return keys, args
 
 
-def _set_aside(replies: list[Any]) -> tuple[str, ...]:
+def set_aside(replies: list[Any]) -> tuple[str, ...]:
     return tuple(_poll_of(key) for reply in replies for key in reply[1:])
 
 
@@ -240,7 +240,7 @@ class ShardedRedisStore:
                 node,
                 spec.safe_url,
                 reason or type(exc).__name__,
-                maybe_applied=_reached_node(exc),
+                maybe_applied=reached_node(exc),
             ) from exc
 
     async def check_node(self, node: str) -> None:
@@ -267,8 +267,8 @@ class ShardedRedisStore:
         keys = [poll_key(poll_id), aside_key(poll_id), *map(hwm_key, flusher_ids)]
         client = self.manager.client(node)
         stored, aside, *marks = await self.call(node, client.eval(READ, len(keys), *keys))
-        counts = _to_counts(stored)
-        for option_id, n in _to_counts(aside).items():
+        counts = to_counts(stored)
+        for option_id, n in to_counts(aside).items():
             counts[option_id] = counts.get(option_id, 0) + n
         applied = {f: int(m or 0) for f, m in zip(flusher_ids, marks, strict=True)}
         return Snapshot(counts, applied)
@@ -279,24 +279,24 @@ class ShardedRedisStore:
         node = batches[0].node
         pipe = self.manager.client(node).pipeline(transaction=False)
         for batch in batches:
-            keys, args = _script_args(batch.counts)
+            keys, args = script_args(batch.counts)
             mark = hwm_key(batch.flusher_id)
             pipe.eval(APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
         replies = await self.call(node, pipe.execute())
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier batch
             spec = self.manager.spec(node)
             raise NodeUnavailable(node, spec.safe_url, "an earlier batch has not landed")
-        return Applied(_set_aside(replies))
+        return Applied(set_aside(replies))
 
     async def apply_now(self, node: str, counts: Counts) -> Applied:
-        keys, args = _script_args(counts)
+        keys, args = script_args(counts)
         client = self.manager.client(node)
         script = client.eval(APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args)
         reply = await self.call(node, script)
-        return Applied(_set_aside([reply]))
+        return Applied(set_aside([reply]))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
-        keys, args = _script_args(counts)
+        keys, args = script_args(counts)
         client = self.manager.client(node)
         script = client.eval(
             APPLY_ONCE,

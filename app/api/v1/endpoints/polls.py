@@ -242,5 +242,5 @@ async def results(
     record = await visible_record(poll_id, request, polls, settings)
     if isinstance(record, Response):
         return record
-    served_via = polls.store.node_for(poll_id)
+    served_via = polls.store.served_via(poll_id)
     return to_response(json_reply(200, defined.results_payload(record, served_via)))

@@ -94,7 +94,7 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
                     recorded = record.total
             except VoteRejected:
                 pass  # the next read tries again
-        body = handlers.encode(defined.results_payload(record, polls.store.node_for(poll_id)))
+        body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
         signature = (tuple(record.counts.items()), record.closed)
         hidden = not defined.results_visible(record, organiser=False)
         return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)

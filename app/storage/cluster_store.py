@@ -1,0 +1,295 @@
+"""Counts in a Redis Cluster (`REDIS_CLUSTER_URL`): the cluster's slots shard the polls.
+
+The service sees one logical node, `cluster`: one buffer, one flusher queue, one journal
+folder. A cluster script may touch one slot only, so the store splits every batch by slot and
+sends the parts in one pipeline (redis-py groups them by master and follows MOVED, ASK and
+TRYAGAIN while a slot migrates):
+- a poll's keys share its hash tag, so they share a slot (the names of the sharded store);
+- a flusher's mark is kept per slot, `flusher:{<tag>}:<id>:hwm`, where `<tag>` is a string
+  that hashes to that slot: each slot's part of a batch is applied with its own mark in one
+  atomic step, so a retried batch adds nothing where its part had landed;
+- each part carries `prev`, the seq of the same flusher's last part for that slot earlier in
+  the same list, so a part that failed is never overtaken there;
+- an Idempotency-Key's part marker is kept per slot too, `idem:{<tag>}:<key>`.
+A batch is confirmed when every part is stored. A read returns the slot's mark raised to the
+highest seq this process had confirmed before the read began (all of it was stored then).
+Keys move with their slot when an operator reshards (`MIGRATE` moves marks with counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterable
+from functools import cache
+from itertools import count
+from typing import Any, TypeVar
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import RedisError, ResponseError
+
+from app.core.nodes import NodeSpec
+from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
+from app.storage.redis_store import (
+    APPLY,
+    APPLY_ONCE,
+    IDEMPOTENCY_TTL,
+    PART_TTL,
+    READ,
+    REGISTER,
+    SAFE_EVICTION_POLICIES,
+    aside_key,
+    claim_key,
+    options_key,
+    poll_key,
+    reached_node,
+    script_args,
+    set_aside,
+    to_counts,
+)
+
+logger = logging.getLogger("app.cluster_store")
+
+T = TypeVar("T")
+LABEL = "cluster"  # the one logical node the service sees
+OUTCOMES = {1: "applied", 2: "replayed", 3: "reused"}
+
+
+@cache
+def slot_tags() -> tuple[str, ...]:
+    """For every slot, a short string that hashes to it (found once, about 0.3 s)."""
+    tags: dict[int, str] = {}
+    for n in count():
+        tags.setdefault(key_slot(str(n).encode()), str(n))
+        if len(tags) == REDIS_CLUSTER_HASH_SLOTS:
+            return tuple(tags[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS))
+    raise AssertionError("unreachable")
+
+
+def slot_of(poll_id: str) -> int:
+    return key_slot(poll_key(poll_id).encode())
+
+
+def mark_key(slot: int, flusher_id: str) -> str:
+    return f"flusher:{{{slot_tags()[slot]}}}:{flusher_id}:hwm"
+
+
+def part_key(slot: int, key: str) -> str:
+    return f"idem:{{{slot_tags()[slot]}}}:{key}"
+
+
+def by_slot(counts: Counts) -> dict[int, Counts]:
+    parts: dict[int, Counts] = {}
+    for poll_id, options in counts.items():
+        parts.setdefault(slot_of(poll_id), {})[poll_id] = options
+    return parts
+
+
+class ClusterRedisStore:
+    """The `Store` on a Redis Cluster; also the node clients the defined-poll store uses."""
+
+    def __init__(self, spec: NodeSpec, timeout: float, tls_ca_file: str = "") -> None:
+        self.spec = spec
+        options: dict[str, Any] = {}
+        if spec.tls and tls_ca_file:
+            options["ssl_ca_certs"] = tls_ca_file
+        # The client keeps its own retries: they follow MOVED/ASK/TRYAGAIN while a slot
+        # migrates. Retrying a script is safe: each one is exactly-once by its mark.
+        self.cluster = RedisCluster.from_url(
+            spec.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            **options,
+        )
+        self.confirmed: dict[str, int] = {}  # flusher id -> highest seq confirmed stored
+
+    # -- what the service and the defined-poll store ask of a store ------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        return [LABEL]
+
+    def node_for(self, poll_id: str) -> str:
+        return LABEL
+
+    def client(self, label: str) -> RedisCluster:
+        return self.cluster
+
+    def served_via(self, poll_id: str) -> str:
+        """The master serving the poll's slot as this client last learned it."""
+        try:
+            node = self.cluster.get_node_from_key(poll_key(poll_id))
+        except (RedisError, AttributeError, IndexError):
+            return LABEL
+        return f"{LABEL} {node.name}" if node is not None else LABEL
+
+    async def open(self) -> None:
+        slot_tags()
+        try:
+            await self.cluster.initialize()
+        except (RedisError, OSError) as exc:  # start anyway; the flusher retries
+            logger.warning("cluster %s is not reachable yet: %s", self.spec.safe_url, exc)
+
+    async def close(self) -> None:
+        await self.cluster.aclose()
+
+    async def call(self, node: str, operation: Awaitable[T]) -> T:
+        """Run one cluster call; any failure becomes NodeUnavailable (password-free)."""
+        try:
+            return await operation
+        except (TimeoutError, RedisError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
+            raise NodeUnavailable(
+                LABEL,
+                self.spec.safe_url,
+                reason or type(exc).__name__,
+                maybe_applied=reached_node(exc),
+            ) from exc
+
+    def _primaries(self) -> list[ClusterNode]:
+        return list(self.cluster.get_primaries())
+
+    async def check_node(self, node: str) -> None:
+        """Every master must run `maxmemory-policy noeviction`."""
+        if not self._primaries():
+            await self.call(LABEL, self.cluster.initialize())
+        for master in self._primaries():
+            try:
+                reply = await self.call(
+                    LABEL, self.cluster.config_get("maxmemory-policy", target_nodes=master)
+                )
+            except NodeUnavailable as exc:
+                if isinstance(exc.__cause__, ResponseError):  # CONFIG renamed or not allowed
+                    logger.warning("cluster master %s: cannot read its eviction policy", master)
+                    continue
+                raise
+            policy = reply.get("maxmemory-policy", "noeviction")
+            if policy not in SAFE_EVICTION_POLICIES:
+                raise NodeMisconfigured(
+                    LABEL,
+                    self.spec.safe_url,
+                    f"master {master.name}: maxmemory-policy is {policy}, which can evict "
+                    "counts; set maxmemory-policy noeviction",
+                )
+
+    async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
+        slot = slot_of(poll_id)
+        confirmed = {f: self.confirmed.get(f, 0) for f in flusher_ids}  # before the read
+        keys = [poll_key(poll_id), aside_key(poll_id), *(mark_key(slot, f) for f in flusher_ids)]
+        stored, aside, *marks = await self.call(LABEL, self.cluster.eval(READ, len(keys), *keys))
+        counts = to_counts(stored)
+        for option_id, n in to_counts(aside).items():
+            counts[option_id] = counts.get(option_id, 0) + n
+        applied = {
+            f: max(int(m or 0), confirmed[f]) for f, m in zip(flusher_ids, marks, strict=True)
+        }
+        return Snapshot(counts, applied, via=self.served_via(poll_id))
+
+    async def _run(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """Script calls in one pipeline (grouped by master by the client)."""
+        pipe = self.cluster.pipeline()
+        for args in commands:
+            pipe.execute_command(*args)
+        replies: list[Any] = await self.call(LABEL, pipe.execute())
+        return replies
+
+    async def apply(self, batches: list[Batch]) -> Applied:
+        commands = []
+        last: dict[tuple[str, int], int] = {}  # (flusher, slot) -> seq of its last part
+        for batch in batches:
+            for slot, part in by_slot(batch.counts).items():
+                prev = last.get((batch.flusher_id, slot), 0)
+                last[batch.flusher_id, slot] = batch.seq
+                keys, args = script_args(part)
+                mark = mark_key(slot, batch.flusher_id)
+                commands.append(("EVAL", APPLY, len(keys) + 1, mark, *keys, batch.seq, prev, *args))
+        replies = await self._run(commands)
+        if any(reply[0] != 1 for reply in replies):  # only after a failed earlier part
+            raise NodeUnavailable(LABEL, self.spec.safe_url, "an earlier batch has not landed")
+        for batch in batches:
+            self.confirmed[batch.flusher_id] = max(
+                self.confirmed.get(batch.flusher_id, 0), batch.seq
+            )
+        return Applied(set_aside(replies))
+
+    async def apply_now(self, node: str, counts: Counts) -> Applied:
+        """Write-through: all or nothing per slot (a bulk across slots is not atomic)."""
+        commands = []
+        for part in by_slot(counts).values():
+            keys, args = script_args(part)
+            commands.append(("EVAL", APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args))
+        return Applied(set_aside(await self._run(commands)))
+
+    async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
+        commands = []
+        for slot, part in by_slot(counts).items():
+            keys, args = script_args(part)
+            marker = part_key(slot, key)
+            commands.append(
+                ("EVAL", APPLY_ONCE, len(keys) + 1, marker, *keys, fingerprint, PART_TTL, *args)
+            )
+        outcomes = {OUTCOMES[reply[0]] for reply in await self._run(commands)}
+        for outcome in ("reused", "applied"):  # a retry that lands the rest counts as applied
+            if outcome in outcomes:
+                return outcome
+        return "replayed"
+
+    async def claim(self, key: str, fingerprint: str) -> str:
+        claimed = await self.call(
+            LABEL, self.cluster.set(claim_key(key), fingerprint, nx=True, ex=IDEMPOTENCY_TTL)
+        )
+        if claimed:
+            return "claimed"
+        found = await self.call(LABEL, self.cluster.get(claim_key(key)))
+        return "same" if found == fingerprint else "reused"
+
+    async def register_options(
+        self, wanted: dict[str, list[str]], cap: int
+    ) -> dict[str, set[str] | None]:
+        polls = list(wanted)
+        replies = await self._run(
+            ("EVAL", REGISTER, 2, options_key(p), poll_key(p), cap, *wanted[p]) for p in polls
+        )
+        return {
+            poll_id: set(reply[1]) if reply[0] == 1 else None
+            for poll_id, reply in zip(polls, replies, strict=True)
+        }
+
+    async def forget_marks(self, node: str, flusher_ids: list[str]) -> None:
+        """Delete these flushers' marks in every slot (found by SCAN on every master)."""
+        for master in self._primaries():
+            for flusher_id in flusher_ids:
+                pattern = f"flusher:*:{flusher_id}:hwm"
+                cursor = 0
+                while True:
+                    scan = self.cluster.execute_command(
+                        "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, target_nodes=master
+                    )
+                    cursors, keys = await self.call(LABEL, scan)  # ({node: cursor}, keys)
+                    cursor = int(cursors.get(master.name, 0))
+                    await self._run(("DEL", key) for key in keys)
+                    if cursor == 0:
+                        break
+
+    async def ping(self) -> dict[str, bool]:
+        """Up when every master answers."""
+
+        async def ping(master: ClusterNode) -> bool:
+            try:
+                return bool(await self.cluster.ping(target_nodes=master))
+            except (RedisError, OSError):
+                return False
+
+        masters = self._primaries()
+        if not masters:
+            try:
+                await self.cluster.initialize()
+            except (RedisError, OSError):
+                return {LABEL: False}
+            masters = self._primaries()
+        return {LABEL: all(await asyncio.gather(*(ping(m) for m in masters)))}
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [(LABEL, self.spec.safe_url)]

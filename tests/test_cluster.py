@@ -1,0 +1,337 @@
+"""The Redis Cluster store on a real cluster of 3 masters (valkey-server --cluster-enabled),
+with the sharded store's exactness checks, and a slot moved under load."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from itertools import count
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.devtools.local_cluster import LocalCluster
+from app.devtools.local_nodes import LocalNode
+from app.storage.base import Batch, NodeUnavailable
+from app.storage.cluster_store import ClusterRedisStore, slot_of, slot_tags
+from app.storage.redis_store import aside_key, poll_key
+from tests.conftest import ServiceProcess, running_app, settings_for
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    started = LocalCluster(masters=3)
+    try:
+        yield started.start()
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def fresh(cluster: LocalCluster) -> LocalCluster:
+    for node in cluster.nodes:
+        with master(node) as client:
+            client.flushall()
+    return cluster
+
+
+def master(node: LocalNode) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
+
+
+def stored(cluster: LocalCluster, poll_id: str) -> dict[str, int]:
+    """The poll's counts as the master of its slot holds them (the hash and its aside)."""
+    with master(cluster.owner(slot_of(poll_id))) as client:
+        counts: dict[str, int] = {}
+        for key in (poll_key(poll_id), aside_key(poll_id)):
+            if client.type(key) != "hash":
+                continue
+            for option, n in client.hgetall(key).items():
+                counts[option] = counts.get(option, 0) + int(n)
+        return counts
+
+
+def polls_on_every_master(cluster: LocalCluster, per_master: int = 4) -> list[str]:
+    found: dict[int, list[str]] = {node.port: [] for node in cluster.nodes}
+    for n in count():
+        port = cluster.owner(slot_of(f"p{n}")).port
+        if len(found[port]) < per_master:
+            found[port].append(f"p{n}")
+        if all(len(p) == per_master for p in found.values()):
+            return [p for polls in found.values() for p in polls]
+    raise AssertionError("unreachable")
+
+
+def same_slot_polls(poll_id: str, how_many: int) -> list[str]:
+    slot = slot_of(poll_id)
+    return [p for p in (f"s{n}" for n in range(400_000)) if slot_of(p) == slot][:how_many]
+
+
+def settings(cluster: LocalCluster, **overrides: object) -> object:
+    return settings_for(None, redis_cluster_url=cluster.url, **overrides)
+
+
+async def test_votes_on_every_master_are_counted_exactly_and_name_their_master(
+    fresh: LocalCluster,
+) -> None:
+    polls = polls_on_every_master(fresh)
+    async with running_app(settings(fresh, cache_ttl_seconds=0)) as (client, service):
+        for i, poll_id in enumerate(polls):
+            for _ in range(i + 1):
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+                assert r.status_code == 200
+        assert await service.flusher.flush() == sum(range(1, len(polls) + 1))
+        for i, poll_id in enumerate(polls):
+            assert stored(fresh, poll_id) == {"A": i + 1}
+            body = (await client.get(f"/api/v1/results/{poll_id}")).json()
+            assert body["results"] == {"A": i + 1}
+            owner = fresh.owner(slot_of(poll_id))
+            assert body["served_via"] == f"cluster 127.0.0.1:{owner.port}"
+        health = (await client.get("/api/v1/health")).json()
+        assert health["nodes"][0]["label"] == "cluster"
+        assert health["nodes"][0]["reachable"] is True
+
+
+async def test_a_batch_with_a_refused_slot_lands_elsewhere_once_and_retries_exactly(
+    fresh: LocalCluster,
+) -> None:
+    """One slot's part is refused (both its keys hold no counts); the other slots' parts
+    land; the retry, once the keys are fixed, adds only the part that was missing."""
+    polls = polls_on_every_master(fresh, per_master=2)
+    broken = polls[0]
+    with master(fresh.owner(slot_of(broken))) as client:
+        client.set(poll_key(broken), "not a hash")
+        client.set(aside_key(broken), "not a hash either")
+    async with running_app(settings(fresh, cache_ttl_seconds=0)) as (client, service):
+        for poll_id in polls:
+            for option in "AB":
+                await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": option})
+        await service.flusher.flush()
+        assert service.flusher.in_flight_votes() == 2 * len(polls)  # the batch is kept
+        for poll_id in polls[1:]:
+            assert stored(fresh, poll_id) == {"A": 1, "B": 1}
+            body = (await client.get(f"/api/v1/results/{poll_id}")).json()
+            assert body["results"] == {"A": 1, "B": 1}  # landed part not counted twice
+        assert (await client.get(f"/api/v1/results/{broken}")).json()["results"] == {
+            "A": 1,
+            "B": 1,
+        }
+        with master(fresh.owner(slot_of(broken))) as node:
+            node.delete(poll_key(broken), aside_key(broken))
+        await service.flusher.flush()
+        assert service.flusher.in_flight_votes() == 0
+        for poll_id in polls:
+            assert stored(fresh, poll_id) == {"A": 1, "B": 1}
+
+
+async def test_a_batch_applied_twice_counts_once(fresh: LocalCluster) -> None:
+    polls = polls_on_every_master(fresh, per_master=3)
+    store = ClusterRedisStore(settings(fresh).cluster, 2.0)  # type: ignore[attr-defined]
+    await store.open()
+    try:
+        counts = {p: {"A": 2, "B": 1} for p in polls}
+        batches = [Batch("f1", 1, "cluster", counts), Batch("f1", 2, "cluster", counts, prev=1)]
+        await store.apply(batches)
+        await store.apply(batches)  # a retry after a lost reply
+        for poll_id in polls:
+            assert stored(fresh, poll_id) == {"A": 4, "B": 2}
+            snapshot = await store.read(poll_id, ["f1"])
+            assert snapshot.counts == {"A": 4, "B": 2}
+            assert snapshot.applied == {"f1": 2}
+        await store.forget_marks("cluster", ["f1"])
+        for node in fresh.nodes:
+            with master(node) as client:
+                assert client.keys("flusher:*") == []
+    finally:
+        await store.close()
+
+
+async def test_a_refused_slot_part_is_never_overtaken_by_a_later_batch(
+    fresh: LocalCluster,
+) -> None:
+    bad, good = same_slot_polls("bad", 2)
+    with master(fresh.owner(slot_of(bad))) as client:
+        client.set(poll_key(bad), "x")
+        client.set(aside_key(bad), "y")  # nowhere to put its votes: the part is refused
+    store = ClusterRedisStore(settings(fresh).cluster, 2.0)  # type: ignore[attr-defined]
+    try:
+        first = Batch("f", 1, "cluster", {bad: {"A": 1}, good: {"A": 1}})
+        second = Batch("f", 2, "cluster", {good: {"B": 1}}, prev=1)
+        with pytest.raises(NodeUnavailable):
+            await store.apply([first, second])
+        assert stored(fresh, good) == {}  # nothing of the first, nor the second
+        with master(fresh.owner(slot_of(bad))) as client:
+            client.delete(poll_key(bad))
+        await store.apply([first, second])  # the retry, once the key is fixed
+        await store.apply([first, second])
+        assert stored(fresh, good) == {"A": 1, "B": 1}
+        assert stored(fresh, bad) == {"A": 1}
+    finally:
+        await store.close()
+
+
+async def test_marks_go_at_a_clean_stop_and_the_option_cap_holds(fresh: LocalCluster) -> None:
+    polls = polls_on_every_master(fresh, per_master=2)
+    async with running_app(settings(fresh, max_options_per_poll=2)) as (client, service):
+        for poll_id in polls:
+            for option in "AB":
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": option})
+                assert r.status_code == 200
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "C"})
+            assert r.status_code == 422
+        await service.flusher.flush()
+    for node in fresh.nodes:
+        with master(node) as client:
+            assert client.keys("flusher:*") == []
+    for poll_id in polls:
+        assert stored(fresh, poll_id) == {"A": 1, "B": 1}
+
+
+async def test_defined_polls_and_idempotent_bulk_on_the_cluster(fresh: LocalCluster) -> None:
+    polls = polls_on_every_master(fresh, per_master=2)
+    token = "t0ken"
+    async with running_app(settings(fresh, api_token=token)) as (client, service):
+        created = await client.post(
+            "/api/v1/polls",
+            json={
+                "question": "Which?",
+                "options": [{"id": "A", "label": "a"}, {"id": "B", "label": "b"}],
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201
+        poll_id = created.json()["poll_id"]
+        for voter in range(6):
+            headers = {"X-Voter-Id": f"v{voter}"}
+            for _ in range(2):  # the second is refused: one vote per voter
+                await client.post(
+                    f"/api/v1/polls/{poll_id}/vote",
+                    json={"option_id": "AB"[voter % 2]},
+                    headers=headers,
+                )
+        auth = {"Authorization": f"Bearer {token}"}  # the organiser sees hidden results
+        body = (await client.get(f"/api/v1/polls/{poll_id}/results", headers=auth)).json()
+        assert [o["count"] for o in body["options"]] == [3, 3] and body["total_votes"] == 6
+        assert body["served_via"].startswith("cluster 127.0.0.1:")
+
+        bulk = [{"poll_id": p, "option_id": "A", "count": 5} for p in polls]
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"}
+        for _ in range(2):  # a retry of the same request counts once
+            r = await client.post("/api/v1/votes", json=bulk, headers=headers)
+            assert r.status_code == 200, r.text
+        await service.flusher.flush()
+        for poll_id in polls:
+            assert stored(fresh, poll_id) == {"A": 5}
+
+
+async def test_start_refuses_a_master_that_can_evict(fresh: LocalCluster) -> None:
+    with master(fresh.nodes[1]) as client:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(Exception, match="maxmemory-policy is allkeys-lru"):
+            async with running_app(settings(fresh)):
+                pass
+    finally:
+        with master(fresh.nodes[1]) as client:
+            client.config_set("maxmemory-policy", "noeviction")
+
+
+async def test_a_hot_slot_moved_to_another_master_under_load_loses_and_doubles_nothing(
+    fresh: LocalCluster,
+) -> None:
+    """Voters keep voting on a hot poll and its slot's neighbours while the slot moves, ten
+    keys a call: every acknowledged vote is counted once. While a slot migrates, the
+    cluster answers TRYAGAIN to scripts whose keys are split or partly absent: the flusher
+    holds the votes and retries, and reads answer from the last snapshot, never going back."""
+    hot, *neighbours = same_slot_polls("hot", 6)
+    slot = slot_of(hot)
+    target = next(n for n in fresh.nodes if n is not fresh.owner(slot))
+    with master(fresh.owner(slot)) as node:  # other data in the slot: the move takes a while
+        node.mset({f"filler:{{{slot_tags()[slot]}}}:{i}": i for i in range(300)})
+    async with running_app(
+        settings(fresh, batch_interval_seconds=0.02, cache_ttl_seconds=0.05, api_token="t")
+    ) as (client, service):
+        ok = {"adhoc": 0, "neighbours": 0}
+        moving = threading.Event()
+        done = threading.Event()
+        seen: list[int] = []
+
+        async def vote(poll_id: str, key: str) -> None:
+            while not done.is_set():
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+                assert r.status_code == 200, r.text
+                ok[key] += 1
+                await asyncio.sleep(0)
+
+        async def read() -> None:
+            while not done.is_set():
+                r = await client.get(f"/api/v1/results/{hot}")
+                assert r.status_code == 200, r.text
+                seen.append(r.json()["results"].get("A", 0))
+                await asyncio.sleep(0)
+
+        async def move() -> int:
+            while ok["adhoc"] < 50:  # the poll is hot before the move starts
+                await asyncio.sleep(0.01)
+            moving.set()
+            try:
+                return await asyncio.to_thread(fresh.migrate_slot, slot, target, 0.02, 10)
+            finally:
+                await asyncio.sleep(0.2)  # a few more flushes after the move
+                done.set()
+
+        tasks = [vote(hot, "adhoc"), *(vote(p, "neighbours") for p in neighbours), read()]
+        results = await asyncio.gather(move(), *tasks)
+        assert results[0] > 0 and moving.is_set()
+        assert fresh.owner(slot) is target
+        await service.flusher.flush()
+        assert service.flusher.in_flight_votes() == 0
+        assert seen == sorted(seen)  # reads never went backwards
+        assert stored(fresh, hot) == {"A": ok["adhoc"]}
+        assert sum(stored(fresh, p).get("A", 0) for p in neighbours) == ok["neighbours"]
+        service.cache.forget([hot])
+        final = (await client.get(f"/api/v1/results/{hot}")).json()
+        assert final["results"] == {"A": ok["adhoc"]}
+        assert final["served_via"] == f"cluster 127.0.0.1:{target.port}"
+
+
+def test_cluster_url_takes_one_url_and_no_retiring_nodes() -> None:
+    from app.core.config import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="REDIS_CLUSTER_URL"):
+        load_settings(redis_cluster_url="redis://a:1,redis://b:2")
+    with pytest.raises(SettingsError, match="REDIS_CLUSTER_URL"):
+        load_settings(redis_cluster_url="c=redis://a:1")
+    assert load_settings(redis_cluster_url="redis://a:1").cluster is not None
+
+
+def test_a_service_killed_with_journaled_votes_counts_them_once_after_restart(
+    fresh: LocalCluster, start_service: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    polls = polls_on_every_master(fresh, per_master=2)
+    env = {
+        "REDIS_CLUSTER_URL": fresh.url,
+        "BATCH_INTERVAL_SECONDS": "3600",
+        "JOURNAL_DIR": str(tmp_path / "journal"),
+        "JOURNAL_FSYNC": "always",
+    }
+    first = start_service(env)
+    with httpx.Client(base_url=first.url) as client:
+        for poll_id in polls:
+            for _ in range(3):
+                assert client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"}).is_success
+    first.kill()  # kill -9: nothing was flushed
+    assert all(stored(fresh, p) == {} for p in polls)
+    second = start_service(env)
+    with httpx.Client(base_url=second.url) as client:
+        for poll_id in polls:
+            assert client.get(f"/api/v1/results/{poll_id}").json()["results"] == {"A": 3}
+    second.terminate()
+    for poll_id in polls:
+        assert stored(fresh, poll_id) == {"A": 3}
+    for node in fresh.nodes:
+        with master(node) as client:
+            assert client.keys("flusher:*") == []  # the journal is empty: marks are gone
