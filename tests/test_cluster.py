@@ -173,6 +173,21 @@ async def test_a_refused_slot_part_is_never_overtaken_by_a_later_batch(
         await store.close()
 
 
+async def test_masters_that_forgot_the_scripts_get_them_again_and_nothing_runs_twice(
+    fresh: LocalCluster,
+) -> None:
+    polls = polls_on_every_master(fresh, per_master=2)
+    store = ClusterRedisStore(settings(fresh).cluster, 2.0)  # type: ignore[attr-defined]
+    try:
+        await store.apply_now("cluster", {polls[0]: {"A": 1}})  # loads the scripts
+        with master(fresh.owner(slot_of(polls[-1]))) as client:
+            client.script_flush()  # as after a restart: this master forgot them
+        await store.apply_now("cluster", {p: {"A": 1} for p in polls})  # write-through
+        assert [stored(fresh, p) for p in polls] == [{"A": 2}] + [{"A": 1}] * (len(polls) - 1)
+    finally:
+        await store.close()
+
+
 async def test_marks_go_at_a_clean_stop_and_the_option_cap_holds(fresh: LocalCluster) -> None:
     polls = polls_on_every_master(fresh, per_master=2)
     async with running_app(settings(fresh, max_options_per_poll=2)) as (client, service):

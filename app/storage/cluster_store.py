@@ -19,6 +19,7 @@ Keys move with their slot when an operator reshards (`MIGRATE` moves marks with 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Iterable
 from functools import cache
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.core.nodes import NodeSpec
 from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
@@ -65,6 +66,14 @@ def slot_tags() -> tuple[str, ...]:
         if len(tags) == REDIS_CLUSTER_HASH_SLOTS:
             return tuple(tags[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS))
     raise AssertionError("unreachable")
+
+
+@cache
+def sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+SCRIPTS = {sha(s): s for s in (APPLY, APPLY_ONCE, READ, REGISTER)}
 
 
 def slot_of(poll_id: str) -> int:
@@ -140,13 +149,13 @@ class ClusterRedisStore:
         try:
             return await operation
         except (TimeoutError, RedisError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
-            raise NodeUnavailable(
-                LABEL,
-                self.spec.safe_url,
-                reason or type(exc).__name__,
-                maybe_applied=reached_node(exc),
-            ) from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> NodeUnavailable:
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
+        return NodeUnavailable(
+            LABEL, self.spec.safe_url, reason or type(exc).__name__, maybe_applied=reached_node(exc)
+        )
 
     def _primaries(self) -> list[ClusterNode]:
         return list(self.cluster.get_primaries())
@@ -178,7 +187,8 @@ class ClusterRedisStore:
         slot = slot_of(poll_id)
         confirmed = {f: self.confirmed.get(f, 0) for f in flusher_ids}  # before the read
         keys = [poll_key(poll_id), aside_key(poll_id), *(mark_key(slot, f) for f in flusher_ids)]
-        stored, aside, *marks = await self.call(LABEL, self.cluster.eval(READ, len(keys), *keys))
+        [reply] = await self._run([("EVALSHA", sha(READ), len(keys), *keys)])
+        stored, aside, *marks = reply
         counts = to_counts(stored)
         for option_id, n in to_counts(aside).items():
             counts[option_id] = counts.get(option_id, 0) + n
@@ -187,13 +197,35 @@ class ClusterRedisStore:
         }
         return Snapshot(counts, applied, via=self.served_via(poll_id))
 
-    async def _run(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
-        """Script calls in one pipeline (grouped by master by the client)."""
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe = self.cluster.pipeline()
         for args in commands:
             pipe.execute_command(*args)
-        replies: list[Any] = await self.call(LABEL, pipe.execute())
+        replies: list[Any] = await self.call(LABEL, pipe.execute(raise_on_error=False))
         return replies
+
+    async def _run(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """Commands in one pipeline (the client groups them by master). Scripts go by SHA;
+        a master that does not know one (new, or restarted) gets them all, and only the
+        commands it refused are sent again, so nothing runs twice."""
+        todo = list(commands)
+        replies = await self._pipeline(todo)
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            await self._load_scripts()
+            again = await self._pipeline([todo[i] for i in refused])
+            for i, reply in zip(refused, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._unavailable(reply) from reply
+        return replies
+
+    async def _load_scripts(self) -> None:
+        for master in self._primaries():
+            for script in SCRIPTS.values():
+                load = self.cluster.execute_command("SCRIPT", "LOAD", script, target_nodes=master)
+                await self.call(LABEL, load)
 
     async def apply(self, batches: list[Batch]) -> Applied:
         commands = []
@@ -204,7 +236,9 @@ class ClusterRedisStore:
                 last[batch.flusher_id, slot] = batch.seq
                 keys, args = script_args(part)
                 mark = mark_key(slot, batch.flusher_id)
-                commands.append(("EVAL", APPLY, len(keys) + 1, mark, *keys, batch.seq, prev, *args))
+                commands.append(
+                    ("EVALSHA", sha(APPLY), len(keys) + 1, mark, *keys, batch.seq, prev, *args)
+                )
         replies = await self._run(commands)
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier part
             raise NodeUnavailable(LABEL, self.spec.safe_url, "an earlier batch has not landed")
@@ -219,7 +253,7 @@ class ClusterRedisStore:
         commands = []
         for part in by_slot(counts).values():
             keys, args = script_args(part)
-            commands.append(("EVAL", APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args))
+            commands.append(("EVALSHA", sha(APPLY), len(keys) + 1, keys[0], *keys, 0, 0, *args))
         return Applied(set_aside(await self._run(commands)))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
@@ -228,7 +262,16 @@ class ClusterRedisStore:
             keys, args = script_args(part)
             marker = part_key(slot, key)
             commands.append(
-                ("EVAL", APPLY_ONCE, len(keys) + 1, marker, *keys, fingerprint, PART_TTL, *args)
+                (
+                    "EVALSHA",
+                    sha(APPLY_ONCE),
+                    len(keys) + 1,
+                    marker,
+                    *keys,
+                    fingerprint,
+                    PART_TTL,
+                    *args,
+                )
             )
         outcomes = {OUTCOMES[reply[0]] for reply in await self._run(commands)}
         for outcome in ("reused", "applied"):  # a retry that lands the rest counts as applied
@@ -250,7 +293,8 @@ class ClusterRedisStore:
     ) -> dict[str, set[str] | None]:
         polls = list(wanted)
         replies = await self._run(
-            ("EVAL", REGISTER, 2, options_key(p), poll_key(p), cap, *wanted[p]) for p in polls
+            ("EVALSHA", sha(REGISTER), 2, options_key(p), poll_key(p), cap, *wanted[p])
+            for p in polls
         )
         return {
             poll_id: set(reply[1]) if reply[0] == 1 else None
