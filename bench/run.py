@@ -5,7 +5,8 @@ settings, one worker each), drives them in turns with wrk over several rounds, a
 medians and ratios. The service's defined-poll vote takes its turn beside its ad-hoc vote;
 a node of its own measures what a defined poll's voter costs in memory; last, the live
 results fan-out (bench/fanout.py): subscribers held on one worker; then how far apart two
-instances' answers are (bench/instances.py). Writes results.md,
+instances' answers are (bench/instances.py); then the Redis Cluster store beside the sharded
+store, and two workers on the cluster with the counts check (bench/cluster.py). Writes results.md,
 results.json and chart.png to bench/results/.
 """
 
@@ -26,7 +27,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import defined, fanout, instances
+from bench import cluster, defined, fanout, instances
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -175,6 +176,7 @@ def main() -> None:
         log(f"voter memory: {per_voter:.1f} bytes a voter (MEMORY USAGE of the voters hash)")
         fanned = fanout.measure(nodes[:2], TOKEN, log)
         apart = instances.measure(nodes[:2], TOKEN, log)
+        clustered = cluster.measure(log)
     finally:
         for process in processes:
             process.kill()
@@ -200,6 +202,7 @@ def main() -> None:
     }
     report["fanout"] = fanned
     report["instances"] = apart
+    report["cluster"] = clustered
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (OUT / "results.md").write_text(table)
@@ -358,6 +361,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", *fanout.markdown(r["fanout"])]
     if "instances" in r:
         lines += ["", *instances.markdown(r["instances"])]
+    if "cluster" in r:
+        lines += ["", *cluster.markdown(r["cluster"])]
     return "\n".join(lines) + "\n"
 
 
