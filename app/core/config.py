@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.core.nodes import NodeSpec, parse_nodes
+from app.core.nodes import NodeSpec, parse_cluster_url, parse_nodes
 
 DEFAULT_NODES = "redis://localhost:7000,redis://localhost:7001"
 
@@ -112,8 +112,7 @@ class Settings(BaseSettings):
     @classmethod
     def _cluster_parse(cls, value: str, info: ValidationInfo) -> str:
         if value.strip():
-            if len(parse_nodes(value)) != 1 or "=" in value.split("://", 1)[0]:
-                raise ValueError("takes one URL, like redis://host:7000 (no label, no list)")
+            parse_cluster_url(value)
             if str(info.data.get("redis_retiring_nodes", "")).strip():
                 raise ValueError("a cluster moves its own slots: leave REDIS_RETIRING_NODES empty")
         return value
@@ -144,7 +143,7 @@ class Settings(BaseSettings):
         """The cluster to use instead of the ring, when REDIS_CLUSTER_URL is set."""
         if not self.redis_cluster_url.strip():
             return None
-        return NodeSpec("cluster", parse_nodes(self.redis_cluster_url)[0].url)
+        return parse_cluster_url(self.redis_cluster_url)
 
     @cached_property
     def retiring_nodes(self) -> list[NodeSpec]:

@@ -148,3 +148,13 @@ def parse_nodes(raw: str) -> list[NodeSpec]:
             f"node labels must be unique, {duplicates} repeats; give each node a label: label=url"
         )
     return nodes
+
+
+def parse_cluster_url(raw: str) -> NodeSpec:
+    """`REDIS_CLUSTER_URL`: one master's URL, database 0, nothing after the port."""
+    url = split_url(raw.strip())
+    if url.problem:
+        raise ValueError(url.problem)
+    if url.rest not in ("", "/", "/0"):
+        raise ValueError("the URL takes no database, path or query: a cluster has database 0 only")
+    return NodeSpec("cluster", url.for_redis)

@@ -61,13 +61,14 @@ class DefinedPolls:
         self._definitions: OrderedDict[str, PollDefinition] = OrderedDict()
         self._max_definitions = max_definitions
 
-    async def _send(self, node: str, checks: list[_Check]) -> list[str]:
+    async def _send(self, node: str, checks: list[_Check]) -> list[str | Exception]:
         polls: dict[str, list[DefinedVote]] = {}
         for check in checks:
             polls.setdefault(check.poll_id, []).append(check.vote)
         found = await self.store.vote_many(node, polls)
-        taken = {poll_id: iter(outcomes) for poll_id, outcomes in found.items()}
-        return [next(taken[check.poll_id]) for check in checks]
+        failed = {p: e for p, e in found.items() if isinstance(e, NodeUnavailable)}
+        taken = {p: iter(o) for p, o in found.items() if not isinstance(o, NodeUnavailable)}
+        return [failed.get(c.poll_id) or next(taken[c.poll_id]) for c in checks]
 
     def _remember(self, definition: PollDefinition) -> None:
         self._definitions.pop(definition.poll_id, None)

@@ -115,4 +115,10 @@ class RebalanceBlocked(Exception):
     next start resumes the move."""
 
 
+class StoreChanged(Exception):
+    """The journal holds batches sealed for the other kind of store (ring nodes while on a
+    cluster, or the reverse): whether they landed there cannot be told here, so start-up stops
+    rather than risk counting them twice."""
+
+
 HIDDEN = ResultsHidden("results are hidden until the organiser reveals them")

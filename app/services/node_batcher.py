@@ -16,8 +16,12 @@ Result = TypeVar("Result")
 
 
 class NodeBatcher(Generic[Item, Result]):
-    def __init__(self, send: Callable[[str, list[Item]], Awaitable[list[Result]]]) -> None:
-        self.send = send  # one round trip to a node with these items; results in order
+    def __init__(
+        self, send: Callable[[str, list[Item]], Awaitable[list[Result | Exception]]]
+    ) -> None:
+        # One round trip to a node with these items; results in order, and an item whose
+        # own part failed gets its exception (raised to its submitter alone).
+        self.send = send
         self.round_trips = 0
         self.items_sent = 0
         self._waiting: dict[str, list[tuple[Item, asyncio.Future[Result]]]] = {}
@@ -47,7 +51,11 @@ class NodeBatcher(Generic[Item, Result]):
                         raise
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             self._sending.discard(node)

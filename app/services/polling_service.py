@@ -19,6 +19,7 @@ from app.services.errors import (
     RebalanceBlocked,
     ResultsUnavailable,
     ShuttingDown,
+    StoreChanged,
     TooManyOptions,
 )
 from app.services.flusher import Flusher
@@ -28,7 +29,15 @@ from app.services.known_options import KnownOptions
 from app.services.metrics import Rejections
 from app.services.results_cache import CacheEntry, ResultsCache
 from app.services.vote_buffer import VoteBuffer
-from app.storage.base import Counts, NodeMisconfigured, NodeUnavailable, Snapshot, Store
+from app.storage.base import (
+    Batch,
+    Counts,
+    NodeMisconfigured,
+    NodeUnavailable,
+    Snapshot,
+    Store,
+)
+from app.storage.cluster_store import LABEL as CLUSTER
 from app.storage.moves import Mover, ring_config
 
 logger = logging.getLogger("app.polling_service")
@@ -179,6 +188,7 @@ class PollingService:
         their segments) before they are sent, like any other. Returns, by node, the polls of
         sealed batches that went to a node (ring or retiring) no longer their owner."""
         found = journal.recover()
+        self._refuse_other_store(found.batches)
         journal.start()
         batches = []
         misplaced: dict[str, set[str]] = {}
@@ -217,6 +227,25 @@ class PollingService:
             logger.info("journal: recovered %d votes from an earlier run", votes)
             await self.flusher.flush()
         return misplaced
+
+    def _refuse_other_store(self, batches: list[Batch]) -> None:
+        """Batches sealed for the ring cannot be checked against a cluster's per-slot marks,
+        nor the reverse: refuse, naming the way out."""
+        on_cluster = self.store.nodes == [CLUSTER]
+        other = sorted(
+            {
+                b.node
+                for b in batches
+                if b.node not in self.buffers and (on_cluster or b.node == CLUSTER)
+            }
+        )
+        if other:
+            votes = sum(b.votes for b in batches if b.node in other)
+            raise StoreChanged(
+                f"the journal holds {votes} votes in batches sealed for {other}, which may have "
+                "landed there already; start once more with the store they were sealed for, "
+                "stop cleanly (the journal empties), then switch stores"
+            )
 
     async def stop(self) -> bool:
         """Stop taking votes, flush everything held, then close the store. True when

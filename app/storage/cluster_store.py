@@ -19,6 +19,7 @@ Keys move with their slot when an operator reshards (`MIGRATE` moves marks with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Iterable
@@ -27,8 +28,10 @@ from itertools import count
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from app.core.nodes import NodeSpec
 from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
@@ -54,6 +57,9 @@ logger = logging.getLogger("app.cluster_store")
 
 T = TypeVar("T")
 LABEL = "cluster"  # the one logical node the service sees
+# What the cluster client raises besides RedisError: no node for a slot, no reachable master,
+# and (redis-py 8.1) AttributeError when ASK names a master it has not met yet.
+CLIENT_ERRORS = (TimeoutError, RedisError, RedisClusterException, OSError, AttributeError)
 OUTCOMES = {1: "applied", 2: "replayed", 3: "reused"}
 
 
@@ -103,13 +109,16 @@ class ClusterRedisStore:
         options: dict[str, Any] = {}
         if spec.tls and tls_ca_file:
             options["ssl_ca_certs"] = tls_ca_file
-        # The client keeps its own retries: they follow MOVED/ASK/TRYAGAIN while a slot
-        # migrates. Retrying a script is safe: each one is exactly-once by its mark.
+        # No retry after a timeout or a lost connection: a script sent before it may still
+        # run, and a defined vote or a write-through add is not idempotent; our callers
+        # retry what is safe to retry. MOVED, ASK and TRYAGAIN (the command did not run) are
+        # still followed: redis-py handles them in a loop of their own.
         self.cluster = RedisCluster.from_url(
             spec.url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
             **options,
         )
         self.confirmed: dict[str, int] = {}  # flusher id -> highest seq confirmed stored
@@ -130,7 +139,7 @@ class ClusterRedisStore:
         """The master serving the poll's slot as this client last learned it."""
         try:
             node = self.cluster.get_node_from_key(poll_key(poll_id))
-        except (RedisError, AttributeError, IndexError):
+        except (*CLIENT_ERRORS, IndexError):
             return LABEL
         return f"{LABEL} {node.name}" if node is not None else LABEL
 
@@ -138,8 +147,9 @@ class ClusterRedisStore:
         slot_tags()
         try:
             await self.cluster.initialize()
-        except (RedisError, OSError) as exc:  # start anyway; the flusher retries
-            logger.warning("cluster %s is not reachable yet: %s", self.spec.safe_url, exc)
+        except CLIENT_ERRORS as exc:  # start anyway; the flusher retries
+            reason = type(exc).__name__
+            logger.warning("cluster %s is not reachable yet: %s", self.spec.safe_url, reason)
 
     async def close(self) -> None:
         await self.cluster.aclose()
@@ -148,8 +158,14 @@ class ClusterRedisStore:
         """Run one cluster call; any failure becomes NodeUnavailable (password-free)."""
         try:
             return await operation
-        except (TimeoutError, RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
+            if isinstance(exc, AttributeError):  # a master the slot map lacks: learn it anew
+                await self._refresh()
             raise self._unavailable(exc) from exc
+
+    async def _refresh(self) -> None:
+        with contextlib.suppress(*CLIENT_ERRORS):  # the next call tries again
+            await self.cluster.nodes_manager.initialize()
 
     def _unavailable(self, exc: BaseException) -> NodeUnavailable:
         reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
@@ -323,14 +339,14 @@ class ClusterRedisStore:
         async def ping(master: ClusterNode) -> bool:
             try:
                 return bool(await self.cluster.ping(target_nodes=master))
-            except (RedisError, OSError):
+            except CLIENT_ERRORS:
                 return False
 
         masters = self._primaries()
         if not masters:
             try:
                 await self.cluster.initialize()
-            except (RedisError, OSError):
+            except CLIENT_ERRORS:
                 return {LABEL: False}
             masters = self._primaries()
         return {LABEL: all(await asyncio.gather(*(ping(m) for m in masters)))}

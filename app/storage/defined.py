@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from app.storage.base import NodeUnavailable
+
 T = TypeVar("T")
 
 
@@ -89,8 +91,9 @@ class DefinedStore(Protocol):
 
     async def vote_many(
         self, node: str, polls: dict[str, list[DefinedVote]]
-    ) -> dict[str, list[str]]:
-        """`vote` for several polls of one node in one round trip."""
+    ) -> dict[str, list[str] | NodeUnavailable]:
+        """`vote` for several polls of one node in one round trip; a poll whose script
+        failed gets the error instead of its outcomes."""
         ...
 
     async def set_state(self, poll_id: str, field: str, value: str) -> bool:
@@ -275,22 +278,41 @@ class RedisDefinedStore:
         return decode_record(poll_id, _pairs(raw), _pairs(counts), int(now))
 
     async def vote(self, poll_id: str, votes: list[DefinedVote]) -> list[str]:
-        found = await self.vote_many(self.node_for(poll_id), {poll_id: votes})
-        return found[poll_id]
+        found = (await self.vote_many(self.node_for(poll_id), {poll_id: votes}))[poll_id]
+        if isinstance(found, NodeUnavailable):
+            raise found
+        return found
 
     async def vote_many(
         self, node: str, polls: dict[str, list[DefinedVote]]
-    ) -> dict[str, list[str]]:
+    ) -> dict[str, list[str] | NodeUnavailable]:
         pipe = self.manager.client(node).pipeline(transaction=False)
         for poll_id, votes in polls.items():
             keys = [def_key(poll_id), counts_key(poll_id), voters_key(poll_id)]
             args = [x for v in votes for x in (v.voter, v.option_id)]
             pipe.eval(VOTE, len(keys), *keys, *args)
-        replies = await self.call(node, pipe.execute())
-        found: dict[str, list[str]] = {}
+        # Each poll's script stands alone: one that failed (a slot moving, on a cluster)
+        # fails that poll's votes only, never the others' answers.
+        replies = await self.call(node, pipe.execute(raise_on_error=False))
+        found: dict[str, list[str] | NodeUnavailable] = {}
         for (poll_id, votes), reply in zip(polls.items(), replies, strict=True):
-            found[poll_id] = reply if reply != ["missing"] else ["missing"] * len(votes)
+            if isinstance(reply, Exception):
+                found[poll_id] = await self._as_unavailable(node, reply)
+            else:
+                found[poll_id] = reply if reply != ["missing"] else ["missing"] * len(votes)
         return found
+
+    async def _as_unavailable(self, node: str, error: Exception) -> NodeUnavailable:
+        """The store's own wording for a failed reply (password-free, typed)."""
+
+        async def fail() -> None:
+            raise error
+
+        try:
+            await self.call(node, fail())
+        except NodeUnavailable as exc:
+            return exc
+        raise AssertionError("call() turns every node error into NodeUnavailable")
 
     async def set_state(self, poll_id: str, field: str, value: str) -> bool:
         return bool(await self._eval(poll_id, SET_STATE, [def_key(poll_id)], field, value))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from app.storage.base import NodeUnavailable
 from app.storage.defined import (
     HISTORY_GAP_MS,
     HISTORY_MAX_POINTS,
@@ -80,7 +81,7 @@ class MemoryDefinedStore:
 
     async def vote_many(
         self, node: str, polls: dict[str, list[DefinedVote]]
-    ) -> dict[str, list[str]]:
+    ) -> dict[str, list[str] | NodeUnavailable]:
         return {poll_id: await self.vote(poll_id, votes) for poll_id, votes in polls.items()}
 
     async def set_state(self, poll_id: str, field: str, value: str) -> bool:
