@@ -32,7 +32,7 @@ from app.storage.base import Store
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
-from app.storage.moves import Mover
+from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
 from app.web import routes as web
 
@@ -71,9 +71,10 @@ def build_service(settings: Settings) -> PollingService:
     )
 
 
-def build_defined(store: Store) -> DefinedPolls:
+def build_defined(service: PollingService) -> DefinedPolls:
+    store = service.store
     if isinstance(store, ShardedRedisStore):
-        return DefinedPolls(RedisDefinedStore(store.manager, store.call))
+        return DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
     return DefinedPolls(MemoryDefinedStore())
 
 
@@ -134,7 +135,7 @@ def create_api(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = build_service(settings)
         app.state.service = service
-        app.state.defined = build_defined(service.store)
+        app.state.defined = build_defined(service)
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.metrics.stream_subscribers = lambda: live.subscribers

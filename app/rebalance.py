@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from app.core.config import SettingsError, load_settings
 from app.storage.base import NodeUnavailable
-from app.storage.moves import Mover, Report
+from app.storage.mover import Mover, Report
 from app.storage.redis_store import ShardedRedisStore
 
 SHOWN = 20  # poll ids listed per (source, target)
