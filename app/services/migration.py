@@ -72,8 +72,9 @@ class KeyedLocks:
 class Migration:
     """The background move after a ring change, and the per-poll move on first touch."""
 
-    def __init__(self, mover: Mover) -> None:
+    def __init__(self, mover: Mover, retry_seconds: float = RETRY_SECONDS) -> None:
         self.mover = mover
+        self.retry_seconds = retry_seconds
         self.active = False
         self.locks = KeyedLocks()
         self.settled: set[str] = set()  # names made whole on their owner by `ensure`
@@ -140,13 +141,15 @@ class Migration:
                     "rebalance: %s; polls not moved yet are moved on first touch, which "
                     "fails while that node is down; retrying in %.0f s",
                     exc,
-                    RETRY_SECONDS,
+                    self.retry_seconds,
                 )
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(self.retry_seconds)
             except Exception as exc:  # a bug or a conflict must not end the move for good
                 self.error = f"{type(exc).__name__}: {exc}"
-                logger.exception("rebalance: the move failed; retrying in %.0f s", RETRY_SECONDS)
-                await asyncio.sleep(RETRY_SECONDS)
+                logger.exception(
+                    "rebalance: the move failed; retrying in %.0f s", self.retry_seconds
+                )
+                await asyncio.sleep(self.retry_seconds)
         self.error = None
         self.seconds = time.monotonic() - (self.started_at or 0)
         self.active = False
