@@ -12,7 +12,7 @@ from collections import Counter
 
 import redis
 
-from app.core.nodes import NodeSpec
+from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode
 from app.storage.redis_store import ShardedRedisStore
 from tests.conftest import NodeFactory, running_app, settings_for
@@ -84,11 +84,11 @@ async def test_a_third_node_joins_while_votes_and_reads_go_on(start_node: NodeFa
         assert during["votes"] > 100 and during["reads"] > 10 and migration.on_demand > 0
         assert 0.2 < report.moved / report.polls < 0.5
     # Stopped: everything flushed. Every poll whole on its owner, exact.
-    owners = ShardedRedisStore([NodeSpec(label, n.url) for label, n in zip(LABELS, nodes)], 100, 1)
+    owners = HashRing(LABELS)
     stored = {label: all_polls(node) for label, node in zip(LABELS, nodes, strict=True)}
     for poll_id in polls:
         holders = [label for label in LABELS if poll_id in stored[label]]
-        assert holders == [owners.node_for(poll_id)], poll_id
+        assert holders == [owners.get_node(poll_id)], poll_id
         want = {o: n + acked[poll_id, o] for o, n in expected(poll_id).items()}
         assert stored[holders[0]][poll_id] == want, poll_id
 
