@@ -57,7 +57,9 @@ def build_store(settings: Settings) -> Store:
 
 def build_service(settings: Settings) -> PollingService:
     store = build_store(settings)
-    mover = Mover(store.manager, store.call) if isinstance(store, ShardedRedisStore) else None
+    mover = None
+    if isinstance(store, ShardedRedisStore):
+        mover = Mover(store.manager, store.call, settings.rebalance_batch)
     return PollingService(
         store,
         batch_interval=settings.batch_interval_seconds,

@@ -42,7 +42,7 @@ async def rebalance(dry_run: bool) -> int:
         settings.redis_tls_ca_file,
         settings.retiring_nodes,
     )
-    mover = Mover(store.manager, store.call)
+    mover = Mover(store.manager, store.call, settings.rebalance_batch)
     retiring = ", ".join(mover.manager.retiring) or "none"
     print(
         f"ring: {', '.join(mover.manager.specs)} ({settings.virtual_nodes} virtual nodes); "

@@ -46,7 +46,7 @@ class FaultyMover(Mover):
     the process right after it."""
 
     def __init__(self, mover: Mover, plan: FaultPlan) -> None:
-        super().__init__(mover.manager, mover.call)
+        super().__init__(mover.manager, mover.call, mover.group)
         self.plan = plan
 
     async def run(self, node: str, step: str, operation: Awaitable[T]) -> T:

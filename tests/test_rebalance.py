@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,8 +71,14 @@ def seed(nodes: list[LocalNode], labels: list[str], polls: list[str] = POLLS) ->
         client.close()
 
 
-def assert_on_owners(nodes: list[LocalNode], labels: list[str], polls: list[str] = POLLS) -> None:
-    """Every poll exactly on its owner under `labels`; nothing anywhere else."""
+def assert_on_owners(
+    nodes: list[LocalNode],
+    labels: list[str],
+    polls: list[str] = POLLS,
+    want: Callable[[str], dict[str, int]] = expected,
+) -> None:
+    """Every poll exactly on its owner under `labels` with its counts (`want`); nothing
+    anywhere else."""
     ring = HashRing(labels)
     by_label = dict(zip(LABELS, nodes, strict=False))
     for label, node in by_label.items():
@@ -80,7 +86,7 @@ def assert_on_owners(nodes: list[LocalNode], labels: list[str], polls: list[str]
         mine = {p for p in polls if label in labels and ring.get_node(p) == label}
         assert set(stored) == mine, label
         for poll_id in mine:
-            assert stored[poll_id] == expected(poll_id), poll_id
+            assert stored[poll_id] == want(poll_id), poll_id
 
 
 def moved_share(before: list[str], after: list[str]) -> float:
@@ -141,7 +147,7 @@ class CrashingMover(Mover):
     """The mover with every node call a step of the plan (crash right after step k)."""
 
     def __init__(self, mover: Mover, plan: FaultPlan) -> None:
-        super().__init__(mover.manager, mover.call)
+        super().__init__(mover.manager, mover.call, mover.group)
         self.plan = plan
 
     async def run(self, node: str, step: str, operation: Awaitable[T]) -> T:

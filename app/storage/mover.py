@@ -113,9 +113,15 @@ def _queue(pipe: Any, command: Command) -> None:
 class Mover:
     """Finds the polls whose owner changed and moves them, many per round trip."""
 
-    def __init__(self, manager: RedisManager, call: Callable[[str, Awaitable[Any]], Any]) -> None:
+    def __init__(
+        self,
+        manager: RedisManager,
+        call: Callable[[str, Awaitable[Any]], Any],
+        group: int = GROUP,
+    ) -> None:
         self.manager = manager
         self.call = call  # the store's node call: failures become NodeUnavailable
+        self.group = group  # polls (or claims) per round trip in a scan
         self.report = Report()  # the running (or last) scan's
 
     @property
@@ -364,13 +370,13 @@ class Mover:
         report = self.report
         if kind == "claim":
             names = [k for k in names if self.manager.node_for(k) != source]
-            for start in range(0, len(names), GROUP):
-                if not dry_run:
-                    group = [f"idem:{k}" for k in names[start : start + GROUP]]
-                    async with guard(group) as todo:
-                        report.claims += await self.move_claims(source, [k[5:] for k in todo])
-                else:
-                    report.claims += len(names[start : start + GROUP])
+            for start in range(0, len(names), self.group):
+                chunk = names[start : start + self.group]
+                if dry_run:
+                    report.claims += len(chunk)
+                    continue
+                async with guard([f"idem:{k}" for k in chunk]) as todo:
+                    report.claims += await self.move_claims(source, [k[5:] for k in todo])
             return
         live = pattern in ("poll:*", "def:*")
         movers = []
@@ -387,7 +393,7 @@ class Mover:
         if dry_run:
             return
         adhoc = kind == "adhoc"
-        for start in range(0, len(movers), GROUP):
-            async with guard(movers[start : start + GROUP]) as todo:
+        for start in range(0, len(movers), self.group):
+            async with guard(movers[start : start + self.group]) as todo:
                 if todo:
                     report.votes += await self.move_group(source, todo, adhoc, not adhoc)
