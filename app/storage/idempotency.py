@@ -105,8 +105,10 @@ return reply
 # Moving a poll's markers (read on the old node, written on the new one, then removed from
 # the old): a marker is on one node or both at every moment, never on neither, and two
 # copies say the same thing. KEYS = the poll's marker hashes of MOVED_DAYS.
-# TAKE replies, per key, {expire time in ms (-1: none, -2: no key), field, value, ...}.
+# TAKE replies, per key, {expire time in ms (-1: none, -2: no key), field, value, ...}; {}
+# when none of the keys exists.
 MARKERS_TAKE = """
+if redis.call('EXISTS', unpack(KEYS)) == 0 then return {} end
 local reply = {}
 for i = 1, #KEYS do
   local flat = redis.call('HGETALL', KEYS[i])
@@ -142,7 +144,8 @@ return 1
 
 
 def markers_args(taken: list[list[str | int]]) -> list[str | int]:
-    """MARKERS_TAKE's reply as MARKERS_PUT's (and MARKERS_DROP's) ARGV; [] if no marker."""
+    """MARKERS_TAKE's reply as MARKERS_PUT's (and MARKERS_DROP's) ARGV; [] if no marker
+    (then TAKE replies {})."""
     args: list[str | int] = []
     for flat in taken:
         fields = flat[1:]

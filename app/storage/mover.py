@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
+from redis.commands.core import AsyncScript
 
 from app.core.redis_manager import RedisManager
 from app.storage import defined_moves as dm
@@ -100,16 +101,6 @@ class Staged:
         return self.adhoc is not None or self.defined is not None or bool(self.markers)
 
 
-def _queue(pipe: Any, command: Command) -> None:
-    kind, args = command[0], command[1:]
-    if kind == "sadd":
-        pipe.sadd(*args)
-    elif kind == "restore":
-        pipe.restore(args[0], 0, args[1], replace=True)
-    else:
-        pipe.eval(*args)
-
-
 class Mover:
     """Finds the polls whose owner changed and moves them, many per round trip."""
 
@@ -123,6 +114,26 @@ class Mover:
         self.call = call  # the store's node call: failures become NodeUnavailable
         self.group = group  # polls (or claims) per round trip in a scan
         self.report = Report()  # the running (or last) scan's
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def _eval(self, pipe: Any, source: str, numkeys: int, *keys_and_args: Any) -> None:
+        """EVALSHA in the pipeline; the pipeline loads the script first if the node lacks
+        it (one SCRIPT EXISTS per pipeline): a script body is sent once, not per poll."""
+        script = self._scripts.get(source)
+        if script is None:
+            any_client = self.client(next(iter(self.manager.specs)))
+            script = self._scripts[source] = any_client.register_script(source)
+        pipe.scripts.add(script)
+        pipe.evalsha(script.sha, numkeys, *keys_and_args)
+
+    def _queue(self, pipe: Any, command: Command) -> None:
+        kind, args = command[0], command[1:]
+        if kind == "sadd":
+            pipe.sadd(*args)
+        elif kind == "restore":
+            pipe.restore(args[0], 0, args[1], replace=True)
+        else:
+            self._eval(pipe, *args)
 
     @property
     def sources(self) -> list[str]:
@@ -190,12 +201,11 @@ class Mover:
                         s.adhoc.dropped,
                     )
             await self._copy(staged)
-            await self._release(source, staged)
+            # Keys that reached the source after STAGE (a late batch) get a transfer of
+            # their own; markers were taken once, and are kept.
+            todo = await self._release(source, staged)
             votes += sum(sum(s.adhoc.counts.values()) for s in staged if s.adhoc)
-            # Stage again what had a record: keys that reached the source meanwhile (a late
-            # batch) get a transfer of their own. Markers were taken once, and are kept.
-            todo = [s.poll_id for s in staged if s.adhoc is not None or s.defined is not None]
-            markers = False
+            markers, defined = False, False
         return votes
 
     async def _stage(
@@ -211,13 +221,13 @@ class Mover:
                 keys = [record_key(poll_id)]
                 if not resume_only:
                     keys += [poll_key(poll_id), aside_key(poll_id), options_key(poll_id)]
-                pipe.eval(STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
+                self._eval(pipe, STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
             if markers and not resume_only:
                 keys = [idem.once_key(poll_id, idem.today() + d) for d in idem.MOVED_DAYS]
-                pipe.eval(idem.MARKERS_TAKE, len(keys), *keys)
+                self._eval(pipe, idem.MARKERS_TAKE, len(keys), *keys)
             if defined:
                 keys = dm.stage_keys(poll_id, resume_only)
-                pipe.eval(dm.STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
+                self._eval(pipe, dm.STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
                 for part in dm.PARTS:
                     pipe.execute_command("DUMP", dm.staged_key(poll_id, part), **{NEVER_DECODE: []})
         replies = iter(await self.run(source, "stage", pipe.execute()))
@@ -243,7 +253,7 @@ class Mover:
         for node in sorted(by_target):
             pipe = self.client(node).pipeline(transaction=False)
             for command in by_target[node]:
-                _queue(pipe, command)
+                self._queue(pipe, command)
             await self.run(node, "copy", pipe.execute())
 
     def _copy_commands(self, staged: list[Staged]) -> dict[str, list[Command]]:
@@ -278,18 +288,26 @@ class Mover:
                 add(target, "eval", dm.COMMIT, len(keys), *keys, transfer_id, s.defined["parts"])
         return by_target
 
-    async def _release(self, source: str, staged: list[Staged]) -> None:
+    async def _release(self, source: str, staged: list[Staged]) -> list[str]:
+        """Drop what every target now holds; returns the polls whose keys came back."""
         pipe = self.client(source).pipeline(transaction=False)
+        watched = []
         for s in staged:
             if s.adhoc is not None:
-                pipe.eval(RELEASE, 1, record_key(s.poll_id), s.adhoc.transfer_id)
+                keys = [record_key(s.poll_id)]
+                if self.manager.node_for(s.poll_id) != source:
+                    keys += [poll_key(s.poll_id), aside_key(s.poll_id), options_key(s.poll_id)]
+                self._eval(pipe, RELEASE, len(keys), *keys, s.adhoc.transfer_id)
+                watched.append(s.poll_id)
             if s.markers:
                 keys = [idem.once_key(s.poll_id, idem.today() + d) for d in idem.MOVED_DAYS]
-                pipe.eval(idem.MARKERS_DROP, len(keys), *keys, *s.markers)
+                self._eval(pipe, idem.MARKERS_DROP, len(keys), *keys, *s.markers)
             if s.defined is not None:
                 keys = dm.release_keys(s.poll_id)
-                pipe.eval(dm.RELEASE, len(keys), *keys, s.defined["id"])
-        await self.run(source, "release", pipe.execute())
+                self._eval(pipe, dm.RELEASE, len(keys), *keys, s.defined["id"])
+        replies = await self.run(source, "release", pipe.execute())
+        back = [r[1] for r in replies if isinstance(r, list)]
+        return [poll_id for poll_id, n in zip(watched, back, strict=True) if n]
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -301,7 +319,7 @@ class Mover:
             return 0
         pipe = self.client(source).pipeline(transaction=False)
         for key in keys:
-            pipe.eval(idem.CLAIM_TAKE, 1, idem.claim_key(key))
+            self._eval(pipe, idem.CLAIM_TAKE, 1, idem.claim_key(key))
         taken = await self.run(source, "stage", pipe.execute())
         found = {k: (v, int(ttl)) for k, (v, ttl) in zip(keys, taken, strict=True) if v}
         by_owner: dict[str, list[str]] = {}
@@ -316,7 +334,7 @@ class Mover:
         if found:
             pipe = self.client(source).pipeline(transaction=False)
             for key, (value, _) in found.items():
-                pipe.eval(idem.CLAIM_DROP, 1, idem.claim_key(key), value)
+                self._eval(pipe, idem.CLAIM_DROP, 1, idem.claim_key(key), value)
             await self.run(source, "release", pipe.execute())
         return len(found)
 

@@ -6,7 +6,8 @@ One poll moves from node X to node Y in four node calls (docs/design.md, "Changi
    is returned as it is, so a restart resumes the same transfer.
 2. SADD the options on Y (idempotent).
 3. COPY on Y: add the counts and set the marker `moved:{<id>}:<T>`, only if it is absent.
-4. RELEASE on X: delete the record if it still holds T.
+4. RELEASE on X: delete the record if it still holds T (and say whether poll keys came
+   back meanwhile: then the poll is staged again, a new transfer).
 A crash leaves either the poll's keys on X (nothing staged), or the record on X (steps 2-4
 run again; the marker makes 3 a no-op if it had landed), or nothing on X: never both copies
 counted, never neither. The marker is kept (a few bytes per moved poll).
@@ -82,10 +83,14 @@ return reply
 """
 )
 
-# KEYS[1] = the record; ARGV[1] = its transfer id.
+# KEYS[1] = the record, KEYS[2..4] (when moving off a node that is not the owner) = the
+# poll's keys; ARGV[1] = its transfer id. Replies {records deleted, poll keys that exist}:
+# keys that reached the node after STAGE (a late batch) need a transfer of their own.
 RELEASE = """
-if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local deleted = 0
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then deleted = redis.call('DEL', KEYS[1]) end
+if #KEYS == 1 then return {deleted, 0} end
+return {deleted, redis.call('EXISTS', unpack(KEYS, 2))}
 """
 
 
