@@ -5,7 +5,8 @@ settings, one worker each), drives them in turns with wrk over several rounds, a
 medians and ratios. The service's defined-poll vote takes its turn beside its ad-hoc vote;
 a node of its own measures what a defined poll's voter costs in memory; last, the live
 results fan-out (bench/fanout.py): subscribers held on one worker; then how far apart two
-instances' answers are (bench/instances.py). Writes results.md,
+instances' answers are (bench/instances.py); last, the time to move 100,000 polls after a
+third node joins (bench/migrate.py). Writes results.md,
 results.json and chart.png to bench/results/.
 """
 
@@ -26,7 +27,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import defined, fanout, instances
+from bench import defined, fanout, instances, migrate
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -175,6 +176,7 @@ def main() -> None:
         log(f"voter memory: {per_voter:.1f} bytes a voter (MEMORY USAGE of the voters hash)")
         fanned = fanout.measure(nodes[:2], TOKEN, log)
         apart = instances.measure(nodes[:2], TOKEN, log)
+        migrated = migrate.measure(log)  # three nodes of its own
     finally:
         for process in processes:
             process.kill()
@@ -200,6 +202,7 @@ def main() -> None:
     }
     report["fanout"] = fanned
     report["instances"] = apart
+    report["migrate"] = migrated
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (OUT / "results.md").write_text(table)
@@ -358,6 +361,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", *fanout.markdown(r["fanout"])]
     if "instances" in r:
         lines += ["", *instances.markdown(r["instances"])]
+    if "migrate" in r:
+        lines += ["", *migrate.markdown(r["migrate"])]
     return "\n".join(lines) + "\n"
 
 
