@@ -10,7 +10,9 @@ import json
 import random
 from collections import Counter
 
+import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode
@@ -43,6 +45,7 @@ async def test_a_third_node_joins_while_votes_and_reads_go_on(start_node: NodeFa
     async with running_app(settings_for(None, redis_nodes=labelled(nodes))) as (client, service):
         migration = service.migration
         assert migration is not None and migration.active
+        assert scraped(await client.get("/metrics"))["polling_rebalance_active"] == 1
 
         async def voter(seed: int) -> None:
             rng = random.Random(seed)
@@ -83,6 +86,11 @@ async def test_a_third_node_joins_while_votes_and_reads_go_on(start_node: NodeFa
         )
         assert during["votes"] > 100 and during["reads"] > 10 and migration.on_demand > 0
         assert 0.2 < report.moved / report.polls < 0.5
+        metrics = scraped(await client.get("/metrics"))
+        assert metrics["polling_rebalance_active"] == 0
+        assert metrics["polling_rebalance_polls_moved_total"] == report.moved
+        health = (await client.get("/api/v1/health")).json()["rebalance"]
+        assert health["state"] == "done" and health["polls_moved"] == report.moved
     # Stopped: everything flushed. Every poll whole on its owner, exact.
     owners = HashRing(LABELS)
     stored = {label: all_polls(node) for label, node in zip(LABELS, nodes, strict=True)}
@@ -104,6 +112,16 @@ def all_polls(node: LocalNode) -> dict[str, dict[str, int]]:
             k[k.index("{") + 1 : -1]: {o: int(n) for o, n in v.items()}
             for k, v in zip(keys, pipe.execute(), strict=True)
         }
+
+
+def scraped(reply: httpx.Response) -> dict[str, float]:
+    """The unlabelled samples of a /metrics answer, parsed by prometheus-client."""
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 def expected_for(i: int) -> dict[str, int]:
