@@ -1,6 +1,8 @@
 """Moving ad-hoc polls to their owner under a new ring, each count exactly once.
 
-One poll moves from node X to node Y in four node calls (docs/design.md, "Changing the ring"):
+One poll moves from node X to node Y in four steps, sent in three node calls (2 and 3 share
+one pipeline; `app/storage/mover.py` sends many polls per call; docs/design.md, "Changing
+the ring"):
 1. STAGE on X: the poll's keys become one record `move:{<id>}` (transfer id T, target Y, the
    counts of `poll:{<id>}` and its aside key, its options), atomically; an existing record
    is returned as it is, so a restart resumes the same transfer.
