@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from app.storage.base import NodeUnavailable
@@ -166,22 +166,34 @@ class Migration:
         (once per poll while a move runs; nothing when none runs). Raises NodeUnavailable
         when a node it must look at is down."""
         if self.active and poll_id not in self.settled:
-            await self._settle(poll_id, lambda: self.mover.move_everywhere(poll_id))
+            await self.ensure_many([poll_id])
+
+    async def ensure_many(self, polls: list[str]) -> None:
+        """`ensure` for many polls, the mover's group size per round trip."""
+        todo = sorted({p for p in polls if p not in self.settled}) if self.active else []
+        for start in range(0, len(todo), self.mover.group):
+            chunk = todo[start : start + self.mover.group]
+            async with self.locks.hold(chunk):
+                chunk = [p for p in chunk if p not in self.settled]
+                if not chunk or not self.active:
+                    continue
+                await self.mover.move_everywhere(chunk)
+                self._settled(chunk)
 
     async def ensure_claim(self, key: str) -> None:
         """Before an Idempotency-Key is claimed: bring its claim to the key's owner."""
         name = f"idem:{key}"
-        if self.active and name not in self.settled:
-            await self._settle(name, lambda: self.mover.move_claim_everywhere(key))
-
-    async def _settle(self, name: str, move: Callable[[], Awaitable[int]]) -> None:
+        if not self.active or name in self.settled:
+            return
         async with self.locks.hold([name]):
-            if name in self.settled or not self.active:
-                return
-            await move()
-            self.on_demand += 1
-            if len(self.settled) < MAX_SETTLED:
-                self.settled.add(name)
+            if name not in self.settled and self.active:
+                await self.mover.move_claim_everywhere(key)
+                self._settled([name])
+
+    def _settled(self, names: list[str]) -> None:
+        self.on_demand += len(names)
+        if len(self.settled) < MAX_SETTLED:
+            self.settled.update(names)
 
     def describe(self) -> dict[str, object]:
         """For /health: what the move is doing."""

@@ -175,7 +175,7 @@ class PollingService:
 
     async def _whole_all(self, poll_ids: list[str]) -> None:
         if self.migration is not None and self.migration.active:
-            await asyncio.gather(*(self.migration.ensure(p) for p in poll_ids))
+            await self.migration.ensure_many(poll_ids)
 
     async def _recover(self, journal: Journal) -> dict[str, set[str]]:
         """Replay what earlier processes left: sealed batches keep their ids (a node that

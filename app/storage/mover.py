@@ -170,15 +170,18 @@ class Mover:
         """Move one poll's keys off `source` (ad-hoc and defined); returns the votes moved."""
         return await self.move_group(source, [poll_id])
 
-    async def move_everywhere(self, poll_id: str) -> int:
-        """Make the poll whole on its owner: finish a move staged on the owner itself (from
-        an earlier ring), then move it off every other node (one call each when nothing is
-        there). Returns the ad-hoc votes moved."""
-        owner = self.manager.node_for(poll_id)
-        votes = await self.move_group(owner, [poll_id])
-        others = [s for s in self.sources if s != owner]
-        moved = await asyncio.gather(*(self.move_group(s, [poll_id]) for s in others))
-        return votes + sum(moved)
+    async def move_everywhere(self, polls: list[str]) -> int:
+        """Make these polls whole on their owners: finish moves staged on the owners
+        themselves (from an earlier ring), then move them off every other node, one
+        pipeline per node, in parallel (one round trip each when nothing is there).
+        Returns the ad-hoc votes moved."""
+        by_owner: dict[str, list[str]] = {}
+        for poll_id in polls:
+            by_owner.setdefault(self.manager.node_for(poll_id), []).append(poll_id)
+        resumed = await asyncio.gather(*(self.move_group(o, p) for o, p in by_owner.items()))
+        others = {s: [p for p in polls if self.manager.node_for(p) != s] for s in self.sources}
+        moved = await asyncio.gather(*(self.move_group(s, p) for s, p in others.items() if p))
+        return sum(resumed) + sum(moved)
 
     async def move_group(
         self, source: str, polls: list[str], adhoc: bool = True, defined: bool = True
