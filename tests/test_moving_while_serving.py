@@ -41,15 +41,27 @@ def _close(operation: Awaitable[object]) -> None:
         operation.close()
 
 
+def tear(operation: Awaitable[object]) -> None:
+    """Keep only the first half of the commands of a pipeline about to be executed."""
+    frame = getattr(operation, "cr_frame", None)
+    pipe = frame.f_locals.get("self") if frame is not None else None
+    stack = getattr(pipe, "command_stack", None)
+    if stack is not None and len(stack) > 1:
+        del stack[(len(stack) + 1) // 2 :]
+
+
 class FaultyMover(Mover):
     """The mover with every node call a step of the plan: fail it, lose its reply, or kill
     the process right after it."""
 
-    def __init__(self, mover: Mover, plan: FaultPlan) -> None:
+    def __init__(self, mover: Mover, plan: FaultPlan, torn: bool = False) -> None:
         super().__init__(mover.manager, mover.call, mover.group)
         self.plan = plan
+        self.torn = torn  # the crash cuts the step's pipeline in half
 
     async def run(self, node: str, step: str, operation: Awaitable[T]) -> T:
+        if self.torn and self.plan.step + 1 == self.plan.at and not self.plan.crashed:
+            tear(operation)  # only the pipeline's first half reaches the node, then the crash
         try:
             broken = self.plan.before(step)
         except Crash:
@@ -58,14 +70,20 @@ class FaultyMover(Mover):
         if broken:
             _close(operation)
             raise NodeUnavailable(node, "redis://injected", "injected failure")
+        mine = self.plan.step  # other calls may run (and count) while this one waits
         result = await super().run(node, step, operation)
-        if self.plan.after():
+        if self.plan.crashed:  # the process died meanwhile: nothing more happens here
+            raise Crash(step)
+        if mine == self.plan.at and self.plan.mode == "crash":
+            self.plan.crashed = True
+            raise Crash(step)
+        if mine == self.plan.at and self.plan.mode == "lost_reply":
             raise NodeUnavailable(node, "redis://injected", "reply lost")
         return result
 
 
 def service_on(
-    nodes: list[LocalNode], labels: list[str], plan: FaultPlan | None = None
+    nodes: list[LocalNode], labels: list[str], plan: FaultPlan | None = None, torn: bool = False
 ) -> tuple[PollingService, DefinedPolls]:
     specs = [NodeSpec(label, node.url) for label, node in zip(labels, nodes, strict=False)]
     store = ShardedRedisStore(specs, 100, 2.0)
@@ -78,7 +96,7 @@ def service_on(
         max_options_per_poll=10,
         max_pending_pairs_per_node=100_000,
         shutdown_flush_seconds=0,
-        mover=FaultyMover(mover, plan) if plan else mover,
+        mover=FaultyMover(mover, plan, torn) if plan else mover,
     )
     assert service.migration is not None
     service.migration.retry_seconds = 0
@@ -188,7 +206,7 @@ def defined_votes_landed(nodes: list[LocalNode]) -> dict[str, int]:
     return found
 
 
-@pytest.mark.parametrize("mode", ["crash", "fail", "lost_reply"])
+@pytest.mark.parametrize("mode", ["crash", "fail", "lost_reply", "torn"])
 async def test_a_move_while_serving_cut_at_any_node_call_stays_exact(
     start_node: NodeFactory, mode: str
 ) -> None:
@@ -197,8 +215,8 @@ async def test_a_move_while_serving_cut_at_any_node_call_stays_exact(
     while True:
         step += 1
         await before_the_change(nodes)
-        plan = FaultPlan(step, mode)
-        service, defined = service_on(nodes, LABELS, plan)
+        plan = FaultPlan(step, "crash" if mode == "torn" else mode)
+        service, defined = service_on(nodes, LABELS, plan, torn=mode == "torn")
         landed: Counter[str] = Counter()
         try:
             await service.start()
