@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -48,6 +49,7 @@ logger = logging.getLogger("app.rebalance")
 
 T = TypeVar("T")
 GROUP = 100  # polls (or claims) moved per round trip by a scan
+PROGRESS_SECONDS = 1.0  # a progress line at most this often (and after each pattern)
 Command = tuple[Any, ...]  # ("sadd" | "eval" | "restore", arguments...)
 Guard = Callable[[list[str]], AbstractAsyncContextManager[list[str]]]
 # SCAN patterns, in order, and what a match is: a staged record is resumed before the
@@ -350,10 +352,11 @@ class Mover:
 
     async def scan(self, dry_run: bool = False, guard: Guard = unguarded) -> Report:
         """Every poll (ad-hoc or defined), staged move and claim on every node whose owner
-        is another node: listed (dry run) or moved, GROUP per round trip, each group under
-        `guard` (which may leave out polls already moved); progress in the log after each
-        SCAN batch and in `self.report`."""
+        is another node: listed (dry run) or moved, `group` per round trip, each group under
+        `guard` (which may leave out polls already moved); progress in `self.report`, and in
+        the log once a second and after each pattern of each node."""
         report = self.report = Report()
+        logged = time.monotonic()
         for source in self.sources:
             for pattern, kind in PATTERNS:
                 seen: set[str] = set()
@@ -372,15 +375,17 @@ class Mover:
                     names -= seen
                     seen |= names
                     await self._batch(source, sorted(names), pattern, kind, dry_run, guard)
-                    logger.info(
-                        "rebalance: %s %s: %d keys scanned, %d of %d polls %s so far",
-                        source,
-                        pattern,
-                        report.scanned,
-                        report.moved,
-                        report.polls,
-                        "to move" if dry_run else "moved",
-                    )
+                    if cursor == 0 or time.monotonic() - logged >= PROGRESS_SECONDS:
+                        logged = time.monotonic()
+                        logger.info(
+                            "rebalance: %s %s: %d keys scanned, %d of %d polls %s so far",
+                            source,
+                            pattern,
+                            report.scanned,
+                            report.moved,
+                            report.polls,
+                            "to move" if dry_run else "moved",
+                        )
                     if cursor == 0:
                         break
         return report
