@@ -102,22 +102,11 @@ end
 return reply
 """
 
-# Moving a poll's markers (read on the old node, written on the new one, then removed from
-# the old): a marker is on one node or both at every moment, never on neither, and two
-# copies say the same thing. KEYS = the poll's marker hashes of MOVED_DAYS.
-# TAKE replies, per key, {expire time in ms (-1: none, -2: no key), field, value, ...}; {}
-# when none of the keys exists.
-MARKERS_TAKE = """
-if redis.call('EXISTS', unpack(KEYS)) == 0 then return {} end
-local reply = {}
-for i = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[i])
-  table.insert(flat, 1, redis.call('PEXPIRETIME', KEYS[i]))
-  reply[i] = flat
-end
-return reply
-"""
-
+# Moving a poll's markers: read on the old node (by the ad-hoc STAGE script,
+# app/storage/moves.py, which replies, per key of MOVED_DAYS, {expire time in ms (-1: none,
+# -2: no key), field, value, ...}, or {} when none exists), written on the new one (PUT),
+# then removed from the old (DROP): a marker is on one node or both at every moment, never
+# on neither, and two copies say the same thing.
 # ARGV: per key, its expire time (ms, or <= 0: none), m, then m fields and values. Writes a
 # field only where absent, and the recorded expire time.
 MARKERS_PUT = """
@@ -144,8 +133,7 @@ return 1
 
 
 def markers_args(taken: list[list[str | int]]) -> list[str | int]:
-    """MARKERS_TAKE's reply as MARKERS_PUT's (and MARKERS_DROP's) ARGV; [] if no marker
-    (then TAKE replies {})."""
+    """The markers STAGE read, as MARKERS_PUT's (and MARKERS_DROP's) ARGV; [] if none."""
     args: list[str | int] = []
     for flat in taken:
         fields = flat[1:]

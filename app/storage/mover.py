@@ -1,7 +1,8 @@
 """The mover: finds what the ring puts on another node and moves it there, several polls per
 round trip, each by its own crash-safe protocol:
 - ad-hoc counts and options: STAGE / COPY / RELEASE (app/storage/moves.py);
-- a poll's Idempotency-Key markers: TAKE / PUT / DROP (app/storage/idempotency.py);
+- a poll's Idempotency-Key markers: read by STAGE, then PUT / DROP
+  (app/storage/idempotency.py);
 - defined polls: STAGE+DUMP / RESTORE+COMMIT / RELEASE (app/storage/defined_moves.py);
 - claims `idem:{<key>}`: TAKE / PUT / DROP, with their TTL.
 
@@ -95,6 +96,7 @@ class Staged:
     poll_id: str
     adhoc: Record | None = None
     markers: list[str | int] = field(default_factory=list)  # MARKERS_PUT's ARGV
+    day: int = 0  # the day the marker keys were named from (the same keys are written)
     defined: dict[str, str] | None = None
     dumps: dict[int, bytes] = field(default_factory=dict)  # part index -> DUMP payload
 
@@ -217,6 +219,7 @@ class Mover:
         self, source: str, polls: list[str], adhoc: bool, defined: bool, markers: bool
     ) -> list[Staged]:
         pipe = self.client(source).pipeline(transaction=False)
+        day = idem.today()
         plan: list[tuple[str, bool]] = []  # (poll, resume only)
         for poll_id in polls:
             owner = self.manager.node_for(poll_id)
@@ -226,10 +229,9 @@ class Mover:
                 keys = [record_key(poll_id)]
                 if not resume_only:
                     keys += [poll_key(poll_id), aside_key(poll_id), options_key(poll_id)]
+                    if markers:  # read in the same script; moved by MARKERS_PUT / DROP
+                        keys += [idem.once_key(poll_id, day + d) for d in idem.MOVED_DAYS]
                 self._eval(pipe, STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
-            if markers and not resume_only:
-                keys = [idem.once_key(poll_id, idem.today() + d) for d in idem.MOVED_DAYS]
-                self._eval(pipe, idem.MARKERS_TAKE, len(keys), *keys)
             if defined:
                 keys = dm.stage_keys(poll_id, resume_only)
                 self._eval(pipe, dm.STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
@@ -237,12 +239,12 @@ class Mover:
                     pipe.execute_command("DUMP", dm.staged_key(poll_id, part), **{NEVER_DECODE: []})
         replies = iter(await self.run(source, "stage", pipe.execute()))
         found = []
-        for poll_id, resume_only in plan:
+        for poll_id, _ in plan:
             s = Staged(poll_id)
-            if adhoc and (flat := next(replies)):
-                s.adhoc = Record.parse(flat)
-            if markers and not resume_only:
-                s.markers = idem.markers_args(next(replies))
+            if adhoc:
+                flat, taken = next(replies)
+                s.adhoc = Record.parse(flat) if flat else None
+                s.markers, s.day = idem.markers_args(taken), day
             if defined:
                 flat = next(replies)
                 dumps = [next(replies) for _ in dm.PARTS]
@@ -272,17 +274,18 @@ class Mover:
             poll_id = s.poll_id
             if s.adhoc is not None:
                 record = s.adhoc
-                if record.options:
-                    add(record.target, "sadd", options_key(poll_id), *record.options)
-                if record.counts:
-                    keys = [marker_key(poll_id, record.transfer_id), poll_key(poll_id)]
-                    keys.append(aside_key(poll_id))
-                    args: list[str | int] = [record.transfer_id, 0, len(record.counts)]
-                    for option_id, n in record.counts.items():
-                        args += [option_id, n]
-                    add(record.target, "eval", COPY, len(keys), *keys, *args)
+                keys = [marker_key(poll_id, record.transfer_id), options_key(poll_id)]
+                keys += [poll_key(poll_id), aside_key(poll_id)]
+                args: list[str | int] = [
+                    record.transfer_id,
+                    len(record.options),
+                    len(record.counts),
+                ]
+                for option_id, n in record.counts.items():
+                    args += [option_id, n]
+                add(record.target, "eval", COPY, len(keys), *keys, *args, *record.options)
             if s.markers:
-                keys = [idem.once_key(poll_id, idem.today() + d) for d in idem.MOVED_DAYS]
+                keys = [idem.once_key(poll_id, s.day + d) for d in idem.MOVED_DAYS]
                 owner = self.manager.node_for(poll_id)
                 add(owner, "eval", idem.MARKERS_PUT, len(keys), *keys, *s.markers)
             if s.defined is not None:
@@ -305,7 +308,7 @@ class Mover:
                 self._eval(pipe, RELEASE, len(keys), *keys, s.adhoc.transfer_id)
                 watched.append(s.poll_id)
             if s.markers:
-                keys = [idem.once_key(s.poll_id, idem.today() + d) for d in idem.MOVED_DAYS]
+                keys = [idem.once_key(s.poll_id, s.day + d) for d in idem.MOVED_DAYS]
                 self._eval(pipe, idem.MARKERS_DROP, len(keys), *keys, *s.markers)
             if s.defined is not None:
                 keys = dm.release_keys(s.poll_id)

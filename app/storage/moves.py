@@ -1,12 +1,12 @@
 """Moving ad-hoc polls to their owner under a new ring, each count exactly once.
 
-One poll moves from node X to node Y in four steps, sent in three node calls (2 and 3 share
-one pipeline; `app/storage/mover.py` sends many polls per call; docs/design.md, "Changing
+One poll moves from node X to node Y in four steps, three scripts (2 and 3 are one; the
+mover, `app/storage/mover.py`, sends many polls per node call; docs/design.md, "Changing
 the ring"):
 1. STAGE on X: the poll's keys become one record `move:{<id>}` (transfer id T, target Y, the
    counts of `poll:{<id>}` and its aside key, its options), atomically; an existing record
    is returned as it is, so a restart resumes the same transfer.
-2. SADD the options on Y (idempotent).
+2. SADD the options on Y (idempotent; in COPY's script).
 3. COPY on Y: add the counts and set the marker `moved:{<id>}:<T>`, only if it is absent.
 4. RELEASE on X: delete the record if it still holds T (and say whether poll keys came
    back meanwhile: then the poll is staged again, a new transfer).
@@ -31,13 +31,30 @@ T = TypeVar("T")
 RING_KEY = "ring:config"
 SCAN_COUNT = 1_000
 
-# KEYS[1] = the record, KEYS[2..4] = poll hash, aside hash, options set; ARGV[1] = a new
-# transfer id, ARGV[2] = the target. Replies the record (HGETALL), {} when nothing is there.
-# Fields: id, target, dropped (values that were no count: reads never showed them),
-# c:<option> (count), o:<option> (an option of the poll).
+# KEYS[1] = the record, KEYS[2..4] = poll hash, aside hash, options set, KEYS[5..8] = the
+# poll's Idempotency-Key marker hashes (app/storage/idempotency.py: read here, not moved);
+# only KEYS[1] to resume a staged move on the poll's owner. ARGV[1] = a new transfer id,
+# ARGV[2] = the target. Replies {record, markers}: the record as HGETALL ({} when nothing is
+# there), with fields id, target, dropped (values that were no count: reads never showed
+# them), c:<option> (count), o:<option> (an option of the poll); the markers, per key,
+# {expire time in ms, field, value, ...} ({} when there are none).
 STAGE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-if #KEYS == 1 or redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) == 0 then return {} end
+local function markers()
+  if #KEYS < 8 or redis.call('EXISTS', KEYS[5], KEYS[6], KEYS[7], KEYS[8]) == 0 then
+    return {}
+  end
+  local reply = {}
+  for i = 5, 8 do
+    local flat = redis.call('HGETALL', KEYS[i])
+    table.insert(flat, 1, redis.call('PEXPIRETIME', KEYS[i]))
+    reply[i - 4] = flat
+  end
+  return reply
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {redis.call('HGETALL', KEYS[1]), markers()} end
+if #KEYS == 1 or redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) == 0 then
+  return {{}, markers()}
+end
 local counts, dropped = {}, 0
 for k = 2, 3 do
   local kind = redis.call('TYPE', KEYS[k])['ok']
@@ -68,17 +85,20 @@ if redis.call('TYPE', KEYS[4])['ok'] == 'set' then
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], unpack(record))
-return record
+return {record, markers()}
 """
 
-# KEYS[1] = the marker, KEYS[2], KEYS[3] = poll hash and aside hash (ADD_COUNTS' layout);
-# ARGV[1] = transfer id, ARGV[2] unused, ARGV[3..] = 1, option, count, ... Replies {1, ...}
-# when added now, {2} when the marker says it was added before.
+# KEYS[1] = the marker, KEYS[2] = the options set, KEYS[3], KEYS[4] = poll hash and aside
+# hash (ADD_COUNTS' layout); ARGV[1] = transfer id, ARGV[2] = m, ARGV[3..] = 1, option,
+# count, ..., then the m options (added to the set: idempotent). Replies {1, ...} when
+# added now, {2} when the marker says it was added before.
 COPY = (
     ADD_COUNTS
     + """
+local m = tonumber(ARGV[2])
+for i = #ARGV - m + 1, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
-local reply = add_counts({1})
+local reply = add_counts({1}, 3)
 if reply['err'] then return reply end
 redis.call('SET', KEYS[1], ARGV[1])
 return reply
