@@ -231,3 +231,33 @@ async def test_a_move_while_serving_cut_at_any_node_call_stays_exact(
     print(f"{mode}: each of {step - 1} node calls of a move while serving broken once")
     assert step > 20
     assert {"stage", "copy", "release", "scan", "write ring"} <= set(plan.steps)
+
+
+class CountingMover(Mover):
+    def __init__(self, mover: Mover) -> None:
+        super().__init__(mover.manager, mover.call, mover.group)
+        self.made_whole: list[list[str]] = []
+
+    async def move_everywhere(self, polls: list[str]) -> int:
+        self.made_whole.append(list(polls))
+        return await super().move_everywhere(polls)
+
+
+async def test_a_poll_touched_at_once_by_many_requests_is_moved_once(
+    start_node: NodeFactory,
+) -> None:
+    nodes = [start_node(), start_node(), start_node()]
+    seed(nodes, ["a", "b"], POLLS)
+    service, _ = service_on(nodes, LABELS)
+    assert service.migration is not None
+    mover = CountingMover(service.migration.mover)
+    service.migration.mover = mover
+    service.migration.active = True  # a move in progress, without its background scan
+    service.accepting = True
+    reads = [service.results(p) for p in POLLS for _ in range(5)]
+    answers = await asyncio.gather(*reads, service.register({p: ["A"] for p in POLLS}))
+    for poll_id, answer in zip([p for p in POLLS for _ in range(5)], answers, strict=False):
+        assert answer.results == expected(poll_id)  # type: ignore[union-attr]
+    assert sorted(p for polls in mover.made_whole for p in polls) == sorted(POLLS)
+    assert len(service.migration.locks) == 0  # no lock left behind
+    await service.stop()
