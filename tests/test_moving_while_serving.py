@@ -261,3 +261,30 @@ async def test_a_poll_touched_at_once_by_many_requests_is_moved_once(
     assert sorted(p for polls in mover.made_whole for p in polls) == sorted(POLLS)
     assert len(service.migration.locks) == 0  # no lock left behind
     await service.stop()
+
+
+async def test_a_defined_poll_already_on_its_new_owner_is_not_overwritten(
+    start_node: NodeFactory,
+) -> None:
+    """Only an instance still on the old ring could create a defined poll on its new owner
+    while the old one holds it: the move refuses to merge the two, says so, keeps both."""
+    nodes = [start_node(), start_node(), start_node()]
+    await before_the_change(nodes)
+    with redis.Redis(port=nodes[2].port) as c:  # d0 moves a -> c; c already has one
+        c.hset("def:{d0}", mapping={"question": "other", "total": "0"})
+    service, defined = service_on(nodes, LABELS)
+    migration = service.migration
+    assert migration is not None
+    migration.retry_seconds = 3600  # one attempt is enough here; stop() ends the wait
+    await service.start()
+    while migration.error is None:  # the first attempt meets the conflict
+        await asyncio.sleep(0)
+    assert "CONFLICT" in migration.error and migration.active
+    with pytest.raises(VoteRejected):  # 503: the poll cannot be made whole
+        await defined.vote("d0", "A", "new")
+    await service.stop()
+    with redis.Redis(port=nodes[0].port, decode_responses=True) as a:
+        assert a.hget("dmove:{d0}:def", "question") == "Q?"  # kept whole, staged on a
+        assert a.hlen("dmove:{d0}:voters") == 3
+    with redis.Redis(port=nodes[2].port, decode_responses=True) as c:
+        assert c.hget("def:{d0}", "question") == "other"
