@@ -33,7 +33,7 @@ from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
-from app.storage.moves import Mover
+from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
 from app.web import routes as web
 
@@ -62,7 +62,9 @@ def build_store(settings: Settings) -> Store:
 
 def build_service(settings: Settings) -> PollingService:
     store = build_store(settings)
-    mover = Mover(store.manager, store.call) if isinstance(store, ShardedRedisStore) else None
+    mover = None
+    if isinstance(store, ShardedRedisStore):
+        mover = Mover(store.manager, store.call, settings.rebalance_batch)
     return PollingService(
         store,
         batch_interval=settings.batch_interval_seconds,
@@ -76,9 +78,10 @@ def build_service(settings: Settings) -> PollingService:
     )
 
 
-def build_defined(store: Store) -> DefinedPolls:
+def build_defined(service: PollingService) -> DefinedPolls:
+    store = service.store
     if isinstance(store, ShardedRedisStore):
-        return DefinedPolls(RedisDefinedStore(store.manager, store.call))
+        return DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())
@@ -141,7 +144,7 @@ def create_api(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = build_service(settings)
         app.state.service = service
-        app.state.defined = build_defined(service.store)
+        app.state.defined = build_defined(service)
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.metrics.stream_subscribers = lambda: live.subscribers

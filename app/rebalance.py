@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from app.core.config import SettingsError, load_settings
 from app.storage.base import NodeUnavailable
-from app.storage.moves import Mover, Report
+from app.storage.mover import Mover, Report
 from app.storage.redis_store import ShardedRedisStore
 
 SHOWN = 20  # poll ids listed per (source, target)
@@ -42,7 +42,7 @@ async def rebalance(dry_run: bool) -> int:
         settings.redis_tls_ca_file,
         settings.retiring_nodes,
     )
-    mover = Mover(store.manager, store.call)
+    mover = Mover(store.manager, store.call, settings.rebalance_batch)
     retiring = ", ".join(mover.manager.retiring) or "none"
     print(
         f"ring: {', '.join(mover.manager.specs)} ({settings.virtual_nodes} virtual nodes); "

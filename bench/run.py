@@ -6,7 +6,8 @@ medians and ratios. The service's defined-poll vote takes its turn beside its ad
 a node of its own measures what a defined poll's voter costs in memory; last, the live
 results fan-out (bench/fanout.py): subscribers held on one worker; then how far apart two
 instances' answers are (bench/instances.py); then the Redis Cluster store beside the sharded
-store, and two workers on the cluster with the counts check (bench/cluster.py). Writes results.md,
+store, and two workers on the cluster with the counts check (bench/cluster.py); last, the time
+to move 100,000 polls after a third node joins (bench/migrate.py). Writes results.md,
 results.json and chart.png to bench/results/.
 """
 
@@ -27,7 +28,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import cluster, defined, fanout, instances
+from bench import cluster, defined, fanout, instances, migrate
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -177,6 +178,7 @@ def main() -> None:
         fanned = fanout.measure(nodes[:2], TOKEN, log)
         apart = instances.measure(nodes[:2], TOKEN, log)
         clustered = cluster.measure(log)
+        migrated = migrate.measure(log)  # three nodes of its own
     finally:
         for process in processes:
             process.kill()
@@ -203,6 +205,7 @@ def main() -> None:
     report["fanout"] = fanned
     report["instances"] = apart
     report["cluster"] = clustered
+    report["migrate"] = migrated
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
     (OUT / "results.md").write_text(table)
@@ -363,6 +366,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", *instances.markdown(r["instances"])]
     if "cluster" in r:
         lines += ["", *cluster.markdown(r["cluster"])]
+    if "migrate" in r:
+        lines += ["", *migrate.markdown(r["migrate"])]
     return "\n".join(lines) + "\n"
 
 

@@ -167,6 +167,8 @@ async def abandon(service: PollingService) -> None:
     """What kill -9 leaves: no shutdown, no flush; files and locks simply closed."""
     service.accepting = False
     tasks: list[Any] = [service.flusher._task]
+    if service.migration is not None:
+        tasks.append(service.migration._task)
     if service.journal is not None:
         tasks.append(service.journal._task)
     for task in tasks:

@@ -252,7 +252,7 @@ async def test_a_vote_repeated_with_its_idempotency_key_counts_once(
     for node in two_nodes:  # a part's marker outlives its claim: no repeat at the 24 h edge
         with redis.Redis(port=node.port) as client:
             claims += [client.ttl(k) for k in client.keys("idem:{req-1}")]
-            parts += [client.ttl(k) for k in client.keys("idem:{req-1}:part")]
+            parts += [client.ttl(k) for k in client.keys("poll:{p}:once:*")]
     assert len(claims) == len(parts) == 1
     assert 0 < claims[0] <= 24 * 3600 < parts[0]
     for i in range(30):

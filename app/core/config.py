@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         "shard the polls instead of our ring, and REDIS_NODES is not used.",
     )
     virtual_nodes: int = Field(100, ge=1, le=10_000)
+    rebalance_batch: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Polls moved per node round trip after a ring change (1: one at a time).",
+    )
     batch_interval_seconds: float = Field(
         10.0, ge=0, le=3600, description="0 writes every vote through to the store."
     )

@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from app.services.errors import (
@@ -53,8 +54,16 @@ def unavailable(exc: NodeUnavailable) -> NodeDown | OutcomeUnknown:
 
 
 class DefinedPolls:
-    def __init__(self, store: DefinedStore, max_definitions: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: DefinedStore,
+        max_definitions: int = 10_000,
+        whole: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
+        # While polls move after a ring change: makes a poll whole on its owner before its
+        # keys are used (`PollingService.whole`), so a vote never meets a poll not yet moved.
+        self.whole = whole
         self.batcher: NodeBatcher[_Check, str] = NodeBatcher(self._send)
         self.accepted_votes = 0
         self.rejected: Rejections = {}  # the API counts refused votes here
@@ -70,6 +79,13 @@ class DefinedPolls:
         taken = {p: iter(o) for p, o in found.items() if not isinstance(o, NodeUnavailable)}
         return [failed.get(c.poll_id) or next(taken[c.poll_id]) for c in checks]
 
+    async def _ready(self, poll_id: str) -> None:
+        if self.whole is not None:
+            try:
+                await self.whole(poll_id)
+            except NodeUnavailable as exc:
+                raise NodeDown(f"{exc}; nothing was counted, retry later") from exc
+
     def _remember(self, definition: PollDefinition) -> None:
         self._definitions.pop(definition.poll_id, None)
         if len(self._definitions) >= self._max_definitions:
@@ -77,6 +93,7 @@ class DefinedPolls:
         self._definitions[definition.poll_id] = definition
 
     async def create(self, definition: PollDefinition) -> PollRecord:
+        await self._ready(definition.poll_id)
         try:
             created = await self.store.create(definition)
         except NodeUnavailable as exc:
@@ -87,6 +104,7 @@ class DefinedPolls:
         return PollRecord(definition, False, False, dict.fromkeys(definition.option_ids, 0), 0)
 
     async def load(self, poll_id: str) -> PollRecord:
+        await self._ready(poll_id)
         try:
             record = await self.store.load(poll_id)
         except NodeUnavailable as exc:
@@ -105,6 +123,7 @@ class DefinedPolls:
         definition = await self.definition(poll_id)
         if option_id not in definition.option_ids:
             raise UnknownOption(definition.option_ids)
+        await self._ready(poll_id)
         node = self.store.node_for(poll_id)
         try:
             outcome = await self.batcher.submit(
@@ -127,6 +146,7 @@ class DefinedPolls:
         raise PollNotFound(f"poll {poll_id} does not exist")
 
     async def set_state(self, poll_id: str, field: str, value: str) -> PollRecord:
+        await self._ready(poll_id)
         try:
             found = await self.store.set_state(poll_id, field, value)
         except NodeUnavailable as exc:
@@ -147,6 +167,7 @@ class DefinedPolls:
         """Add the record's totals to the poll's history if they are newer than its last
         point (see `DefinedStore.record_point`)."""
         counts = {o: record.counts.get(o, 0) for o in record.definition.option_ids}
+        await self._ready(record.definition.poll_id)
         try:
             return await self.store.record_point(
                 record.definition.poll_id,
@@ -158,6 +179,7 @@ class DefinedPolls:
             raise NodeDown(f"{exc}; retry later") from exc
 
     async def history(self, poll_id: str) -> list[str]:
+        await self._ready(poll_id)
         try:
             return await self.store.history(poll_id)
         except NodeUnavailable as exc:

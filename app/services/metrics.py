@@ -95,6 +95,8 @@ class ServiceCollector(Collector):
         )
         if service.journal is not None:
             yield from service.journal.fsync_seconds.collect()
+        if service.migration is not None:
+            yield from self._rebalance(service)
         batcher = defined.batcher
         yield _counter(
             "polling_defined_round_trips",
@@ -115,6 +117,26 @@ class ServiceCollector(Collector):
             "polling_stream_reads",
             "Reads of results by the live stream publishers (one per poll per interval)",
             value=self.stream_reads(),
+        )
+
+    @staticmethod
+    def _rebalance(service: PollingService) -> Iterator[Metric]:
+        migration = service.migration
+        assert migration is not None
+        report = migration.report
+        yield GaugeMetricFamily(
+            "polling_rebalance_active",
+            "1 while polls move to their new owners after a ring change",
+            value=int(migration.active),
+        )
+        yield _counter("polling_rebalance_polls_moved", "Polls moved by the scan", report.moved)
+        yield _counter(
+            "polling_rebalance_keys_scanned", "Keys the move's scan looked at", report.scanned
+        )
+        yield _counter(
+            "polling_rebalance_first_touch",
+            "Polls (and Idempotency-Keys) made whole on their owner when first touched",
+            migration.on_demand,
         )
 
     @staticmethod

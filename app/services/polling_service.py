@@ -27,6 +27,7 @@ from app.services.journal import Journal, JournalWriteFailed, SealUnit
 from app.services.journal_format import Entry
 from app.services.known_options import KnownOptions
 from app.services.metrics import Rejections
+from app.services.migration import Migration
 from app.services.results_cache import CacheEntry, ResultsCache
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import (
@@ -38,7 +39,8 @@ from app.storage.base import (
     Store,
 )
 from app.storage.cluster_store import LABEL as CLUSTER
-from app.storage.moves import Mover, ring_config
+from app.storage.mover import Mover
+from app.storage.moves import ring_config
 
 logger = logging.getLogger("app.polling_service")
 
@@ -82,6 +84,7 @@ class PollingService:
     ) -> None:
         self.store = store
         self.mover = mover
+        self.migration = Migration(mover) if mover else None
         self.cache = cache
         self.write_through = batch_interval <= 0
         self.batch_max_votes = batch_max_votes
@@ -140,9 +143,10 @@ class PollingService:
                 continue
 
     async def _rebalance(self, mover: Mover, misplaced: dict[str, set[str]]) -> None:
-        """Before any vote or read: move the polls whose owner changed (all of them when the
-        ring differs from the one recorded on the nodes; else those of recovered batches
-        that went to their old node), once the journal's batches have all landed."""
+        """Decide whether polls must move (all of them when the ring differs from the one
+        recorded on the nodes; else those of recovered batches that went to their old
+        node); once the journal's batches have all landed, start moving them in the
+        background (`Migration`): votes and reads are served meanwhile."""
         config = ring_config(mover.manager)
         recorded = await mover.recorded()
         down = {n: r for n, r in recorded.items() if isinstance(r, NodeUnavailable)}
@@ -165,22 +169,22 @@ class PollingService:
         if full:
             first = not any(isinstance(r, str) for r in recorded.values())
             logger.info(
-                "rebalance: %s; moving polls to their new owners first",
+                "rebalance: %s; moving polls to their new owners in the background, serving "
+                "meanwhile (a poll is moved first when it is touched)",
                 "no ring recorded on the nodes yet" if first else "the ring changed",
             )
-            report = await mover.scan()
-            await mover.record()
-            logger.info(
-                "rebalance: done: %d of %d polls moved (%d votes): %s",
-                report.moved,
-                report.polls,
-                report.votes,
-                {f"{s}->{t}": len(p) for (s, t), p in report.moves.items()},
-            )
-            return
-        for node, polls in misplaced.items():
-            for poll_id in sorted(polls):
-                await mover.move_poll(node, poll_id)
+        assert self.migration is not None
+        self.migration.begin(misplaced, full)
+
+    async def whole(self, poll_id: str) -> None:
+        """While polls move after a ring change: make this one whole on its owner before
+        its stored state is used (nothing otherwise). Raises NodeUnavailable."""
+        if self.migration is not None and self.migration.active:
+            await self.migration.ensure(poll_id)
+
+    async def _whole_all(self, poll_ids: list[str]) -> None:
+        if self.migration is not None and self.migration.active:
+            await self.migration.ensure_many(poll_ids)
 
     async def _recover(self, journal: Journal) -> dict[str, set[str]]:
         """Replay what earlier processes left: sealed batches keep their ids (a node that
@@ -251,6 +255,8 @@ class PollingService:
         """Stop taking votes, flush everything held, then close the store. True when
         everything held has landed."""
         self.accepting = False
+        if self.migration is not None:
+            await self.migration.stop()
         await self.flusher.stop()
         flushed = await self.flusher.drain(self.shutdown_flush_seconds)
         if not flushed:
@@ -278,6 +284,7 @@ class PollingService:
         instance and across restarts). Only options new to this instance come here."""
         self._check_accepting()
         try:
+            await self._whole_all(list(wanted))
             found = await self.store.register_options(wanted, self.max_options)
         except NodeUnavailable as exc:
             raise NodeDown(f"{exc}; retry later") from exc
@@ -407,6 +414,9 @@ class PollingService:
         Returns the votes of the request (counted now or by an earlier attempt)."""
         self._check_accepting()
         try:
+            if self.migration is not None and self.migration.active:
+                await self.migration.ensure_claim(key)
+                await self._whole_all(list(counts))
             claim = await self.store.claim(key, fingerprint)
         except NodeUnavailable as exc:
             raise NodeDown(f"{exc}; nothing was counted, retry later") from exc
@@ -459,6 +469,7 @@ class PollingService:
         if source is None:
             version = self.cache.version
             try:
+                await self.whole(poll_id)
                 source = await self._read_store(poll_id, node)
             except NodeUnavailable as exc:
                 source = self.cache.any(poll_id)
@@ -519,6 +530,8 @@ class PollingService:
                 **(extra_counters or {}),
             },
         }
+        if self.migration is not None:
+            report["rebalance"] = self.migration.describe()
         if self.journal is not None:
             quarantine = self.journal.quarantine
             report["journal"] = {

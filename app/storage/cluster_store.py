@@ -10,7 +10,7 @@ TRYAGAIN while a slot migrates):
   atomic step, so a retried batch adds nothing where its part had landed;
 - each part carries `prev`, the seq of the same flusher's last part for that slot earlier in
   the same list, so a part that failed is never overtaken there;
-- an Idempotency-Key's part marker is kept per slot too, `idem:{<tag>}:<key>`.
+- an Idempotency-Key's markers are kept per poll (`poll:{<id>}:once:<day>`), so in its slot.
 A batch is confirmed when every part is stored. A read returns the slot's mark raised to the
 highest seq this process had confirmed before the read began (all of it was stored then).
 Keys move with their slot when an operator reshards (`MIGRATE` moves marks with counts).
@@ -35,16 +35,14 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from app.core.nodes import NodeSpec
 from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
+from app.storage.idempotency import IDEMPOTENCY_TTL, claim_key, once_args, today
 from app.storage.redis_store import (
     APPLY,
     APPLY_ONCE,
-    IDEMPOTENCY_TTL,
-    PART_TTL,
     READ,
     REGISTER,
     SAFE_EVICTION_POLICIES,
     aside_key,
-    claim_key,
     options_key,
     poll_key,
     reached_node,
@@ -88,10 +86,6 @@ def slot_of(poll_id: str) -> int:
 
 def mark_key(slot: int, flusher_id: str) -> str:
     return f"flusher:{{{slot_tags()[slot]}}}:{flusher_id}:hwm"
-
-
-def part_key(slot: int, key: str) -> str:
-    return f"idem:{{{slot_tags()[slot]}}}:{key}"
 
 
 def by_slot(counts: Counts) -> dict[int, Counts]:
@@ -273,23 +267,26 @@ class ClusterRedisStore:
         return Applied(set_aside(await self._run(commands)))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
-        commands = []
-        for slot, part in by_slot(counts).items():
-            keys, args = script_args(part)
-            marker = part_key(slot, key)
-            commands.append(
-                (
-                    "EVALSHA",
-                    sha(APPLY_ONCE),
-                    len(keys) + 1,
-                    marker,
-                    *keys,
-                    fingerprint,
-                    PART_TTL,
-                    *args,
-                )
-            )
-        outcomes = {OUTCOMES[reply[0]] for reply in await self._run(commands)}
+        """The sharded store's per-poll markers (`poll:{id}:once:<day>`, in the poll's slot),
+        one script per slot; a slot where some polls have the marker sends the others again."""
+        day = today()
+        pending = by_slot(counts)
+        outcomes: set[str] = set()
+        while pending:
+            slots = list(pending)
+            commands = []
+            for slot in slots:
+                keys, args = once_args(key, fingerprint, pending[slot], day)
+                commands.append(("EVALSHA", sha(APPLY_ONCE), len(keys), *keys, *args))
+            again: dict[int, Counts] = {}
+            for slot, reply in zip(slots, await self._run(commands), strict=True):
+                if reply[0] != 4:
+                    outcomes.add(OUTCOMES[reply[0]])
+                    continue
+                outcomes.add("replayed")  # those polls had it; the others go again
+                marked = {list(pending[slot])[int(i)] for i in reply[1:]}
+                again[slot] = {p: c for p, c in pending[slot].items() if p not in marked}
+            pending = again
         for outcome in ("reused", "applied"):  # a retry that lands the rest counts as applied
             if outcome in outcomes:
                 return outcome

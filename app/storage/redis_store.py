@@ -28,16 +28,22 @@ from app.storage.base import (
     NodeUnavailable,
     Snapshot,
 )
+from app.storage.idempotency import (
+    APPLY_ONCE_BODY,
+    IDEMPOTENCY_TTL,
+    claim_key,
+    once_args,
+    today,
+)
 
 logger = logging.getLogger("app.redis_store")
 
 T = TypeVar("T")
 SAFE_EVICTION_POLICIES = ("noeviction",)
-IDEMPOTENCY_TTL = 24 * 3600  # seconds a request's Idempotency-Key is remembered
-PART_TTL = IDEMPOTENCY_TTL + 3600  # a part's marker outlives its claim: no late repeat
 
-# Adding counts, shared by the scripts below. KEYS[2..] are, for each poll, its hash and its
-# aside hash; ARGV[3..] are, for each poll: n, option_1, count_1, ..., option_n, count_n.
+# Adding counts, shared by the scripts below. KEYS[2..] (from KEYS[first_key]) are, for each
+# poll, its hash and its aside hash; ARGV[3..] (from ARGV[first_arg]) are, for each poll: n,
+# option_1, count_1, ..., option_n, count_n.
 # Every key and field is checked before the first write, so a script writes all of its
 # counts or nothing: Redis does not undo a script's writes when a later command fails.
 ADD_COUNTS = """
@@ -55,10 +61,10 @@ local function usable(key, a, n)
   end
   return true
 end
-local function add_counts(reply)
+local function add_counts(reply, first_key, first_arg)
   local targets = {}
-  local a = 3
-  for k = 2, #KEYS, 2 do
+  local a = first_arg or 3
+  for k = first_key or 2, #KEYS, 2 do
     local n = tonumber(ARGV[a])
     local target = KEYS[k]
     if not usable(KEYS[k], a + 1, n) then
@@ -98,24 +104,8 @@ return reply
 """
 )
 
-# A request with an Idempotency-Key. KEYS[1] = its marker; ARGV[1] = the request's
-# fingerprint, ARGV[2] = how long the marker lasts. Replies {1, polls set aside...} when
-# applied now, {2} when the same request was applied before, {3} when the key was used
-# for another request.
-APPLY_ONCE = (
-    ADD_COUNTS
-    + """
-local seen = redis.call('GET', KEYS[1])
-if seen then
-  if seen == ARGV[1] then return {2} end
-  return {3}
-end
-local reply = add_counts({1})
-if reply['err'] then return reply end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return reply
-"""
-)
+# A request with an Idempotency-Key: app/storage/idempotency.py (per-poll markers).
+APPLY_ONCE = ADD_COUNTS + APPLY_ONCE_BODY
 
 # KEYS[1] = poll hash, KEYS[2] = its aside hash, KEYS[3..] = marks. One atomic read.
 READ = """
@@ -154,16 +144,6 @@ def aside_key(poll_id: str) -> str:
 
 def options_key(poll_id: str) -> str:
     return f"poll:{{{poll_id}}}:options"
-
-
-def claim_key(key: str) -> str:
-    """Where a request's Idempotency-Key is claimed: on the node the key itself maps to."""
-    return f"idem:{{{key}}}"
-
-
-def idempotency_key(key: str) -> str:
-    """The marker of the part of a keyed request that one node applied."""
-    return f"idem:{{{key}}}:part"
 
 
 def hwm_key(flusher_id: str) -> str:
@@ -296,19 +276,19 @@ class ShardedRedisStore:
         return Applied(set_aside([reply]))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
-        keys, args = script_args(counts)
+        """Apply the polls of `counts` that have no marker of this request yet, with their
+        markers, all or nothing (a poll's marker may have come with it from another node
+        after a ring change: then only the others are applied)."""
         client = self.manager.client(node)
-        script = client.eval(
-            APPLY_ONCE,
-            len(keys) + 1,
-            idempotency_key(key),
-            *keys,
-            fingerprint,
-            PART_TTL,
-            *args,
-        )
-        reply = await self.call(node, script)
-        return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
+        pending, day = dict(counts), today()
+        while pending:
+            keys, args = once_args(key, fingerprint, pending, day)
+            reply = await self.call(node, client.eval(APPLY_ONCE, len(keys), *keys, *args))
+            if reply[0] != 4:
+                return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
+            marked = {list(pending)[int(i)] for i in reply[1:]}
+            pending = {p: c for p, c in pending.items() if p not in marked}
+        return "replayed"
 
     async def claim(self, key: str, fingerprint: str) -> str:
         node = self.node_for(key)
