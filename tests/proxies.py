@@ -40,6 +40,10 @@ class Proxy:
         """Sees each chunk the node answers; False cuts the connection instead."""
         return True
 
+    def keeps_reply(self, link: dict[str, bool], data: bytes) -> bool:
+        """Sees each chunk that passed; False drops it and keeps the connection open."""
+        return True
+
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
         node_r, node_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
@@ -55,6 +59,8 @@ class Proxy:
             while data := await node_r.read(65536):
                 if not self.passes_to_service(link, data):
                     return
+                if not self.keeps_reply(link, data):
+                    continue
                 client_w.write(data)
                 await client_w.drain()
 

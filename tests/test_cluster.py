@@ -5,73 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
-from itertools import count
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from app.devtools.local_cluster import LocalCluster
-from app.devtools.local_nodes import LocalNode
 from app.storage.base import Batch, NodeUnavailable
 from app.storage.cluster_store import ClusterRedisStore, slot_of, slot_tags
 from app.storage.redis_store import aside_key, poll_key
-from tests.conftest import ServiceProcess, running_app, settings_for
+from tests.cluster_helpers import (
+    cluster,
+    cluster_pool,
+    fresh,
+    master,
+    polls_on_every_master,
+    same_slot_polls,
+    settings,
+    stored,
+)
+from tests.conftest import ServiceProcess, running_app
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    started = LocalCluster(masters=3)
-    try:
-        yield started.start()
-    finally:
-        started.stop()
-
-
-@pytest.fixture
-def fresh(cluster: LocalCluster) -> LocalCluster:
-    for node in cluster.nodes:
-        with master(node) as client:
-            client.flushall()
-    return cluster
-
-
-def master(node: LocalNode) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
-
-
-def stored(cluster: LocalCluster, poll_id: str) -> dict[str, int]:
-    """The poll's counts as the master of its slot holds them (the hash and its aside)."""
-    with master(cluster.owner(slot_of(poll_id))) as client:
-        counts: dict[str, int] = {}
-        for key in (poll_key(poll_id), aside_key(poll_id)):
-            if client.type(key) != "hash":
-                continue
-            for option, n in client.hgetall(key).items():
-                counts[option] = counts.get(option, 0) + int(n)
-        return counts
-
-
-def polls_on_every_master(cluster: LocalCluster, per_master: int = 4) -> list[str]:
-    found: dict[int, list[str]] = {node.port: [] for node in cluster.nodes}
-    for n in count():
-        port = cluster.owner(slot_of(f"p{n}")).port
-        if len(found[port]) < per_master:
-            found[port].append(f"p{n}")
-        if all(len(p) == per_master for p in found.values()):
-            return [p for polls in found.values() for p in polls]
-    raise AssertionError("unreachable")
-
-
-def same_slot_polls(poll_id: str, how_many: int) -> list[str]:
-    slot = slot_of(poll_id)
-    return [p for p in (f"s{n}" for n in range(400_000)) if slot_of(p) == slot][:how_many]
-
-
-def settings(cluster: LocalCluster, **overrides: object) -> object:
-    return settings_for(None, redis_cluster_url=cluster.url, **overrides)
+__all__ = ["cluster", "cluster_pool", "fresh"]  # fixtures
 
 
 async def test_votes_on_every_master_are_counted_exactly_and_name_their_master(

@@ -117,16 +117,16 @@ class LocalCluster:
             return str(client.execute_command("CLUSTER", "MYID"))
 
     def owner(self, slot: int) -> LocalNode:
-        """The master that serves `slot`, as the first master sees it."""
+        """The master that serves `slot`, as the first master sees it (found by its id: the
+        port a master announces may be another, e.g. `cluster-announce-port` behind NAT)."""
         with _client(self.nodes[0]) as client:
             for line in self._node_lines(client):
-                port = int(line[1].split("@")[0].rsplit(":", 1)[1])
                 for part in line[8:]:
                     if part.startswith("["):
                         continue
                     first, _, last = part.partition("-")
                     if int(first) <= slot <= int(last or first):
-                        return next(n for n in self.nodes if n.port == port)
+                        return next(n for n in self.nodes if self.node_id(n) == line[0])
         raise LookupError(f"no master serves slot {slot}")
 
     def migrate_slot(

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -43,6 +44,16 @@ class UvicornProcess:
             start_new_session=True,  # its own process group, so workers can be stopped with it
         )
         self.output = ""
+        # Read what it prints while it runs: a pipe nobody reads fills up (64 KiB) and the
+        # service then blocks on its next log line (e.g. a warning per failed flush).
+        self._printed: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        if self.process.stdout is not None:
+            for line in self.process.stdout:
+                self._printed.append(line)
 
     def wait_ready(self, timeout: float = 20.0, path: str = "/") -> UvicornProcess:
         deadline = time.monotonic() + timeout
@@ -58,8 +69,9 @@ class UvicornProcess:
 
     def finish(self, timeout: float = 30.0) -> str:
         """Wait for the process to exit and return everything it printed."""
-        out, _ = self.process.communicate(timeout=timeout)
-        self.output += out or ""
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        self.output = "".join(self._printed)
         return self.output
 
     def terminate(self) -> str:
