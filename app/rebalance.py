@@ -54,6 +54,9 @@ async def rebalance(dry_run: bool) -> int:
         f"retiring: {retiring}"
     )
     try:
+        added = mover.reach_cut_off_targets(await mover.cut_off())
+        if added:
+            print(f"a ring change was cut off: moving polls off {', '.join(added)} too")
         report = await mover.scan(dry_run=dry_run)
         if not dry_run:
             await mover.record()

@@ -16,6 +16,7 @@ transfers (docs/design.md, "Changing the ring").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -28,12 +29,14 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
+from app.core.nodes import NodeSpec
 from app.core.redis_manager import RedisManager
 from app.storage import defined_moves as dm
 from app.storage import idempotency as idem
 from app.storage.base import NodeUnavailable
 from app.storage.moves import (
     COPY,
+    MOVING_KEY,
     RELEASE,
     RING_KEY,
     SCAN_COUNT,
@@ -173,9 +176,63 @@ class Mover:
         return found
 
     async def record(self) -> None:
+        """Record the ring on its nodes, then clear the cut-off-move markers everywhere (a
+        crash between leaves a marker: the next start scans once more)."""
         config = ring_config(self.manager)
         for node in self.manager.specs:
             await self.run(node, "write ring", self.client(node).set(RING_KEY, config))
+        for node in self.sources:
+            await self.run(node, "write ring", self.client(node).delete(MOVING_KEY))
+
+    async def cut_off(self) -> dict[str, str]:
+        """The `ring:moving` markers (a move staged there may be unfinished), by node; nodes
+        that cannot be read are left out (`recorded` says which)."""
+        found: dict[str, str] = {}
+        for node in self.sources:
+            try:
+                value = await self.run(node, "read ring", self.client(node).get(MOVING_KEY))
+            except NodeUnavailable:
+                continue
+            if value is not None:
+                found[node] = str(value)
+        return found
+
+    def reach_cut_off_targets(self, markers: dict[str, str]) -> list[str]:
+        """Nodes that a cut-off ring change moved polls to and that are neither on the ring
+        nor retiring become retiring for this move, reached by the URL the marker recorded
+        (a move back, e.g. after a rollback). Raises NodeUnavailable when that URL hid a
+        password: the operator must name the node in REDIS_RETIRING_NODES."""
+        added: list[str] = []
+        for node, value in sorted(markers.items()):
+            try:
+                nodes = dict(json.loads(value)["nodes"])
+            except (ValueError, KeyError, TypeError):
+                logger.warning("rebalance: %s: unreadable %s %r; ignored", node, MOVING_KEY, value)
+                continue
+            for label, url in sorted(nodes.items()):
+                if label in self.manager.specs or label in self.manager.retiring:
+                    continue
+                if "***" in str(url):
+                    raise NodeUnavailable(
+                        label,
+                        str(url),
+                        "a ring change that was cut off moved polls to this node, which is "
+                        "neither in REDIS_NODES nor in REDIS_RETIRING_NODES, and its URL needs "
+                        "a password: name it in REDIS_RETIRING_NODES",
+                        maybe_applied=False,
+                    )
+                self.manager.add_retiring(NodeSpec(label, str(url)))
+                added.append(label)
+                logger.warning(
+                    "rebalance: a ring change to %s was cut off (%s on %s); moving polls off %s "
+                    "too, as a retiring node (%s)",
+                    sorted(nodes),
+                    MOVING_KEY,
+                    node,
+                    label,
+                    url,
+                )
+        return added
 
     # -- polls -----------------------------------------------------------------------------
 
@@ -263,6 +320,7 @@ class Mover:
         pipe = self.client(source).pipeline(transaction=False)
         day = idem.today()
         plan: list[tuple[str, bool]] = []  # (poll, resume only)
+        moving = ring_config(self.manager)  # MOVING_KEY's value, set with each new record
         for poll_id in polls:
             owner = self.manager.node_for(poll_id)
             resume_only = owner == source
@@ -273,10 +331,13 @@ class Mover:
                     keys += [poll_key(poll_id), aside_key(poll_id), options_key(poll_id)]
                     if markers:  # read in the same script; moved by MARKERS_PUT / DROP
                         keys += [idem.once_key(poll_id, day + d) for d in idem.MOVED_DAYS]
-                self._eval(pipe, STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
+                self._eval(
+                    pipe, STAGE, len(keys), *keys, uuid.uuid4().hex, owner, MOVING_KEY, moving
+                )
             if defined:
                 keys = dm.stage_keys(poll_id, resume_only)
-                self._eval(pipe, dm.STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
+                args = (uuid.uuid4().hex, owner, MOVING_KEY, moving)
+                self._eval(pipe, dm.STAGE, len(keys), *keys, *args)
                 for part in dm.PARTS:
                     pipe.execute_command("DUMP", dm.staged_key(poll_id, part), **{NEVER_DECODE: []})
         replies = iter(await self.run(source, "stage", pipe.execute()))
