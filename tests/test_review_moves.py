@@ -15,7 +15,7 @@ from app.core.consistent_hash import HashRing
 from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode
 from app.services.defined_polls import DefinedPolls
-from app.services.errors import PollNotFound
+from app.services.errors import PollNotFound, ResultsUnavailable
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.defined import PollDefinition, RedisDefinedStore
@@ -247,9 +247,21 @@ async def test_during_the_move_one_node_down_fails_first_reads_of_polls_it_never
     """README: "A touch that needs a node that is down answers 503, as a read of that node
     would." P lives on a under both rings (a, b) and (a, b, c); it was never on b. With b
     down during the move, the first read of P fails (ensure STAGEs on every node), although
-    a read of P needs only a, and the same read with no move running is served."""
+    a read of P needs only a, and the same read with no move running is served.
+
+    (move-fixes: with the ring (a, b) recorded, a first touch looks at the poll's owner
+    under that ring only. Without a recorded ring it cannot know where P was, so it looks
+    everywhere: the ring is recorded first here. A poll Q that was on b still answers 503.)"""
     nodes = {label: start_node() for label in "abc"}
     poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "a")])
+    on_b = find_poll("q", [(["a", "b"], "b"), (["a", "b", "c"], "c")])
+    old, _, _ = make_service(nodes, ["a", "b"])
+    await old.start()
+    assert old.migration is not None
+    await old.migration.wait()  # records the ring a, b
+    await old.stop()
+    with redis.Redis(port=nodes["b"].port) as client:
+        client.hset(f"poll:{{{on_b}}}", mapping={"A": 1})
     with redis.Redis(port=nodes["a"].port) as client:
         client.hset(f"poll:{{{poll_id}}}", mapping={"A": 3})
         client.sadd(f"poll:{{{poll_id}}}:options", "A")
@@ -265,6 +277,8 @@ async def test_during_the_move_one_node_down_fails_first_reads_of_polls_it_never
         except Exception as exc:
             observed = f"{type(exc).__name__}: {exc}"
         assert observed == {"A": 3}
+        with pytest.raises(ResultsUnavailable, match="node b"):
+            await service.results(on_b)  # it may hold counts a client saw: never without them
     finally:
         scan.go.set()
         assert service.migration is not None

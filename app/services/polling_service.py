@@ -182,6 +182,9 @@ class PollingService:
                 if first
                 else "the ring changed",
             )
+        rings = {r for r in recorded.values() if isinstance(r, str)}
+        if full and not cut_off and not misplaced and len(rings) == 1 and config not in rings:
+            mover.narrow(rings.pop())  # every poll is on its owner under that ring
         assert self.migration is not None
         self.migration.begin(misplaced, full)
 

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
+from app.core.consistent_hash import HashRing
 from app.core.nodes import NodeSpec
 from app.core.redis_manager import RedisManager
 from app.storage import defined_moves as dm
@@ -130,6 +131,9 @@ class Mover:
         self.group = group  # polls (or claims) per round trip in a scan
         self.report = Report()  # the running (or last) scan's
         self._passed: set[tuple[str, str]] = set()
+        # The ring every poll was on before this change, when that is known for sure (see
+        # `narrow`): first touches then look at a poll's owner under it only.
+        self.previous: HashRing | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     def _eval(self, pipe: Any, source: str, numkeys: int, *keys_and_args: Any) -> None:
@@ -240,16 +244,35 @@ class Mover:
         """Move one poll's keys off `source` (ad-hoc and defined); returns the votes moved."""
         return await self.move_group(source, [poll_id])
 
+    def narrow(self, recorded: str) -> None:
+        """The polls were all on this recorded ring (`ring_config`'s JSON): a first touch
+        looks for a poll on its owner under it only, not on every node. Only for a ring
+        recorded alike on every node that has one, with no cut-off move (`ring:moving`) and
+        no recovered batch sent elsewhere: the caller checks."""
+        config = json.loads(recorded)
+        self.previous = HashRing(sorted(config["nodes"]), int(config["virtual_nodes"]))
+
+    def holders(self, name: str) -> list[str]:
+        """The nodes other than its owner where a poll's (or claim's) keys may be."""
+        owner = self.manager.node_for(name)
+        if self.previous is None:
+            return [s for s in self.sources if s != owner]
+        old = self.previous.get_node(name)
+        return [old] if old != owner and old in self.sources else []
+
     async def move_everywhere(self, polls: list[str]) -> int:
         """Make these polls whole on their owners: finish moves staged on the owners
-        themselves (from an earlier ring), then move them off every other node, one
-        pipeline per node, in parallel (one round trip each when nothing is there).
-        Returns the ad-hoc votes moved."""
+        themselves (from an earlier ring), then move them off every other node where they
+        may be (`holders`), one pipeline per node, in parallel (one round trip each when
+        nothing is there). Returns the ad-hoc votes moved."""
         by_owner: dict[str, list[str]] = {}
         for poll_id in polls:
             by_owner.setdefault(self.manager.node_for(poll_id), []).append(poll_id)
         resumed = await asyncio.gather(*(self.move_group(o, p) for o, p in by_owner.items()))
-        others = {s: [p for p in polls if self.manager.node_for(p) != s] for s in self.sources}
+        others: dict[str, list[str]] = {}
+        for poll_id in polls:
+            for node in self.holders(poll_id):
+                others.setdefault(node, []).append(poll_id)
         moved = await asyncio.gather(*(self.move_group(s, p) for s, p in others.items() if p))
         return sum(resumed) + sum(moved)
 
@@ -450,8 +473,7 @@ class Mover:
         return len(found)
 
     async def move_claim_everywhere(self, key: str) -> int:
-        owner = self.manager.node_for(key)
-        others = [s for s in self.sources if s != owner]
+        others = self.holders(key)
         return sum(await asyncio.gather(*(self.move_claims(s, [key]) for s in others)))
 
     # -- the scan --------------------------------------------------------------------------
