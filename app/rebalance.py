@@ -1,6 +1,8 @@
-"""`python -m app.rebalance [--dry-run]`: move the ad-hoc polls whose owner changed under
-the ring `REDIS_NODES` names (off `REDIS_RETIRING_NODES` too), as the service does at start.
-Run it with every instance stopped; `--dry-run` only says which polls would move."""
+"""`python -m app.rebalance [--dry-run]`: move the polls (ad-hoc and defined), their
+Idempotency-Key markers and claims whose owner changed under the ring `REDIS_NODES` names
+(off `REDIS_RETIRING_NODES` too), and finish moves staged by a run that was cut off, as the
+service does at start. Run it with every instance stopped; `--dry-run` only says what would
+move."""
 
 from __future__ import annotations
 
@@ -15,18 +17,21 @@ from app.storage.base import NodeUnavailable
 from app.storage.mover import Mover, Report
 from app.storage.redis_store import ShardedRedisStore
 
-SHOWN = 20  # poll ids listed per (source, target)
-
 
 def summary(report: Report, dry_run: bool) -> list[str]:
     lines = []
-    for (source, target), polls in sorted(report.moves.items()):
-        more = f", ... ({len(polls) - SHOWN} more)" if len(polls) > SHOWN else ""
-        lines.append(f"{source} -> {target}: {len(polls)} polls: {', '.join(polls[:SHOWN])}{more}")
+    for pair, n in sorted(report.moves.items()):
+        shown = report.sample.get(pair, [])
+        more = f", ... ({n - len(shown)} more)" if n > len(shown) else ""
+        lines.append(f"{pair[0]} -> {pair[1]}: {n} polls: {', '.join(shown)}{more}")
     share = report.moved / report.polls if report.polls else 0.0
     verb = "would move" if dry_run else "moved"
     votes = "" if dry_run else f", {report.votes} votes"
     lines.append(f"{verb} {report.moved} of {report.polls} polls ({share:.1%}){votes}")
+    staged = "would finish" if dry_run else "finished"
+    lines.append(f"{staged} {report.staged} moves staged by an earlier run (move:*, dmove:*)")
+    claims = "would move" if dry_run else "moved"
+    lines.append(f"{claims} {report.claims} Idempotency-Key claims")
     return lines
 
 
@@ -49,6 +54,9 @@ async def rebalance(dry_run: bool) -> int:
         f"retiring: {retiring}"
     )
     try:
+        added = mover.reach_cut_off_targets(await mover.cut_off())
+        if added:
+            print(f"a ring change was cut off: moving polls off {', '.join(added)} too")
         report = await mover.scan(dry_run=dry_run)
         if not dry_run:
             await mover.record()

@@ -124,15 +124,16 @@ class Migration:
                     await self.mover.record()
                     self.last = report
                     logger.info(
-                        "rebalance: done in %.1f s: %d of %d polls moved (%d votes), %d claims;"
-                        " %d polls made whole on first touch: %s",
+                        "rebalance: done in %.1f s: %d of %d polls moved (%d votes), %d staged"
+                        " moves finished, %d claims; %d polls made whole on first touch: %s",
                         time.monotonic() - (self.started_at or 0),
                         report.moved,
                         report.polls,
                         report.votes,
+                        report.staged,
                         report.claims,
                         self.on_demand,
-                        {f"{s}->{t}": len(p) for (s, t), p in report.moves.items()},
+                        {f"{s}->{t}": n for (s, t), n in report.moves.items()},
                     )
                 break
             except NodeUnavailable as exc:

@@ -150,7 +150,12 @@ class PollingService:
         config = ring_config(mover.manager)
         recorded = await mover.recorded()
         down = {n: r for n, r in recorded.items() if isinstance(r, NodeUnavailable)}
-        full = bool(mover.manager.retiring) or any(
+        cut_off = await mover.cut_off()  # a move staged and maybe unfinished (`ring:moving`)
+        try:
+            mover.reach_cut_off_targets(cut_off)
+        except NodeUnavailable as exc:
+            raise RebalanceBlocked(str(exc)) from exc
+        full = bool(mover.manager.retiring or cut_off) or any(
             recorded[n] != config for n in mover.manager.specs if n not in down
         )
         if not full and not misplaced:
@@ -171,8 +176,15 @@ class PollingService:
             logger.info(
                 "rebalance: %s; moving polls to their new owners in the background, serving "
                 "meanwhile (a poll is moved first when it is touched)",
-                "no ring recorded on the nodes yet" if first else "the ring changed",
+                "a ring change was cut off on " + ", ".join(sorted(cut_off))
+                if cut_off
+                else "no ring recorded on the nodes yet"
+                if first
+                else "the ring changed",
             )
+        rings = {r for r in recorded.values() if isinstance(r, str)}
+        if full and not cut_off and not misplaced and len(rings) == 1 and config not in rings:
+            mover.narrow(rings.pop())  # every poll is on its owner under that ring
         assert self.migration is not None
         self.migration.begin(misplaced, full)
 

@@ -51,8 +51,10 @@ def stage_keys(poll_id: str, resume_only: bool) -> list[str]:
 
 
 # KEYS[1] = the record, KEYS[2..5] = live keys, KEYS[6..9] = staged keys (PARTS order);
-# ARGV[1] = a new transfer id, ARGV[2] = the target. Replies the record's HGETALL ({} when
-# nothing is there). Fields: id, target, parts (the indices of the parts present, "1,3").
+# ARGV[1] = a new transfer id, ARGV[2] = the target, ARGV[3], ARGV[4] = the ring:moving
+# marker and its value, set with a new record (app/storage/moves.py, MOVING_KEY). Replies
+# the record's HGETALL ({} when nothing is there). Fields: id, target, parts (the indices of
+# the parts present, "1,3").
 STAGE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
 if #KEYS == 1 then return {} end
@@ -66,6 +68,7 @@ end
 if #parts == 0 then return {} end
 local record = {'id', ARGV[1], 'target', ARGV[2], 'parts', table.concat(parts, ',')}
 redis.call('HSET', KEYS[1], unpack(record))
+redis.call('SET', ARGV[3], ARGV[4])
 return record
 """
 

@@ -16,6 +16,7 @@ transfers (docs/design.md, "Changing the ring").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -28,12 +29,15 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
+from app.core.consistent_hash import HashRing
+from app.core.nodes import NodeSpec
 from app.core.redis_manager import RedisManager
 from app.storage import defined_moves as dm
 from app.storage import idempotency as idem
 from app.storage.base import NodeUnavailable
 from app.storage.moves import (
     COPY,
+    MOVING_KEY,
     RELEASE,
     RING_KEY,
     SCAN_COUNT,
@@ -53,8 +57,7 @@ GROUP = 100  # polls (or claims) moved per round trip by a scan
 PROGRESS_SECONDS = 1.0  # a progress line at most this often (and after each pattern)
 Command = tuple[Any, ...]  # ("sadd" | "eval" | "restore", arguments...)
 Guard = Callable[[list[str]], AbstractAsyncContextManager[list[str]]]
-# SCAN patterns, in order, and what a match is: a staged record is resumed before the
-# live keys are looked at.
+# SCAN patterns and what a match is (`Mover.scan` says in which order they are passed).
 PATTERNS = (
     ("move:*", "adhoc"),
     ("poll:*", "adhoc"),
@@ -62,6 +65,7 @@ PATTERNS = (
     ("def:*", "defined"),
     ("idem:*", "claim"),
 )
+RECORD_PATTERNS = ("move:*", "dmove:*")
 
 
 @asynccontextmanager
@@ -69,24 +73,32 @@ async def unguarded(names: list[str]) -> AsyncIterator[list[str]]:
     yield names
 
 
+SAMPLE = 20  # poll ids kept per (source, target), for the dry run's listing
+
+
 @dataclass
 class Report:
-    """What a scan found (dry run) or did: polls seen, and moved by (source, target)."""
+    """What a scan found (dry run) or did: counters, and a few poll ids per (source, target),
+    so its size does not grow with the number of polls."""
 
-    seen: set[str] = field(default_factory=set, repr=False)
-    counted: set[tuple[str, str]] = field(default_factory=set, repr=False)
-    moves: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    polls: int = 0  # polls with live keys seen (one on two nodes counts on each)
+    moves: dict[tuple[str, str], int] = field(default_factory=dict)  # polls per (source, target)
+    sample: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # first SAMPLE ids
+    staged: int = 0  # records of moves staged earlier found (resumed, or listed by a dry run)
     votes: int = 0
     claims: int = 0
     scanned: int = 0  # keys
 
     @property
-    def polls(self) -> int:
-        return len(self.seen)
-
-    @property
     def moved(self) -> int:
-        return sum(len(p) for p in self.moves.values())
+        return sum(self.moves.values())
+
+    def add(self, source: str, target: str, poll_id: str) -> None:
+        pair = (source, target)
+        self.moves[pair] = self.moves.get(pair, 0) + 1
+        ids = self.sample.setdefault(pair, [])
+        if len(ids) < SAMPLE:
+            ids.append(poll_id)
 
 
 @dataclass
@@ -118,6 +130,10 @@ class Mover:
         self.call = call  # the store's node call: failures become NodeUnavailable
         self.group = group  # polls (or claims) per round trip in a scan
         self.report = Report()  # the running (or last) scan's
+        self._passed: set[tuple[str, str]] = set()
+        # The ring every poll was on before this change, when that is known for sure (see
+        # `narrow`): first touches then look at a poll's owner under it only.
+        self.previous: HashRing | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     def _eval(self, pipe: Any, source: str, numkeys: int, *keys_and_args: Any) -> None:
@@ -164,9 +180,63 @@ class Mover:
         return found
 
     async def record(self) -> None:
+        """Record the ring on its nodes, then clear the cut-off-move markers everywhere (a
+        crash between leaves a marker: the next start scans once more)."""
         config = ring_config(self.manager)
         for node in self.manager.specs:
             await self.run(node, "write ring", self.client(node).set(RING_KEY, config))
+        for node in self.sources:
+            await self.run(node, "write ring", self.client(node).delete(MOVING_KEY))
+
+    async def cut_off(self) -> dict[str, str]:
+        """The `ring:moving` markers (a move staged there may be unfinished), by node; nodes
+        that cannot be read are left out (`recorded` says which)."""
+        found: dict[str, str] = {}
+        for node in self.sources:
+            try:
+                value = await self.run(node, "read ring", self.client(node).get(MOVING_KEY))
+            except NodeUnavailable:
+                continue
+            if value is not None:
+                found[node] = str(value)
+        return found
+
+    def reach_cut_off_targets(self, markers: dict[str, str]) -> list[str]:
+        """Nodes that a cut-off ring change moved polls to and that are neither on the ring
+        nor retiring become retiring for this move, reached by the URL the marker recorded
+        (a move back, e.g. after a rollback). Raises NodeUnavailable when that URL hid a
+        password: the operator must name the node in REDIS_RETIRING_NODES."""
+        added: list[str] = []
+        for node, value in sorted(markers.items()):
+            try:
+                nodes = dict(json.loads(value)["nodes"])
+            except (ValueError, KeyError, TypeError):
+                logger.warning("rebalance: %s: unreadable %s %r; ignored", node, MOVING_KEY, value)
+                continue
+            for label, url in sorted(nodes.items()):
+                if label in self.manager.specs or label in self.manager.retiring:
+                    continue
+                if "***" in str(url):
+                    raise NodeUnavailable(
+                        label,
+                        str(url),
+                        "a ring change that was cut off moved polls to this node, which is "
+                        "neither in REDIS_NODES nor in REDIS_RETIRING_NODES, and its URL needs "
+                        "a password: name it in REDIS_RETIRING_NODES",
+                        maybe_applied=False,
+                    )
+                self.manager.add_retiring(NodeSpec(label, str(url)))
+                added.append(label)
+                logger.warning(
+                    "rebalance: a ring change to %s was cut off (%s on %s); moving polls off %s "
+                    "too, as a retiring node (%s)",
+                    sorted(nodes),
+                    MOVING_KEY,
+                    node,
+                    label,
+                    url,
+                )
+        return added
 
     # -- polls -----------------------------------------------------------------------------
 
@@ -174,16 +244,35 @@ class Mover:
         """Move one poll's keys off `source` (ad-hoc and defined); returns the votes moved."""
         return await self.move_group(source, [poll_id])
 
+    def narrow(self, recorded: str) -> None:
+        """The polls were all on this recorded ring (`ring_config`'s JSON): a first touch
+        looks for a poll on its owner under it only, not on every node. Only for a ring
+        recorded alike on every node that has one, with no cut-off move (`ring:moving`) and
+        no recovered batch sent elsewhere: the caller checks."""
+        config = json.loads(recorded)
+        self.previous = HashRing(sorted(config["nodes"]), int(config["virtual_nodes"]))
+
+    def holders(self, name: str) -> list[str]:
+        """The nodes other than its owner where a poll's (or claim's) keys may be."""
+        owner = self.manager.node_for(name)
+        if self.previous is None:
+            return [s for s in self.sources if s != owner]
+        old = self.previous.get_node(name)
+        return [old] if old != owner and old in self.sources else []
+
     async def move_everywhere(self, polls: list[str]) -> int:
         """Make these polls whole on their owners: finish moves staged on the owners
-        themselves (from an earlier ring), then move them off every other node, one
-        pipeline per node, in parallel (one round trip each when nothing is there).
-        Returns the ad-hoc votes moved."""
+        themselves (from an earlier ring), then move them off every other node where they
+        may be (`holders`), one pipeline per node, in parallel (one round trip each when
+        nothing is there). Returns the ad-hoc votes moved."""
         by_owner: dict[str, list[str]] = {}
         for poll_id in polls:
             by_owner.setdefault(self.manager.node_for(poll_id), []).append(poll_id)
         resumed = await asyncio.gather(*(self.move_group(o, p) for o, p in by_owner.items()))
-        others = {s: [p for p in polls if self.manager.node_for(p) != s] for s in self.sources}
+        others: dict[str, list[str]] = {}
+        for poll_id in polls:
+            for node in self.holders(poll_id):
+                others.setdefault(node, []).append(poll_id)
         moved = await asyncio.gather(*(self.move_group(s, p) for s, p in others.items() if p))
         return sum(resumed) + sum(moved)
 
@@ -207,13 +296,46 @@ class Mover:
                         source,
                         s.adhoc.dropped,
                     )
+            self._check_targets(source, staged)
             await self._copy(staged)
             # Keys that reached the source after STAGE (a late batch) get a transfer of
             # their own; markers were taken once, and are kept.
             todo = await self._release(source, staged)
             votes += sum(sum(s.adhoc.counts.values()) for s in staged if s.adhoc)
+            # A record staged under an earlier ring went to a node that is no longer the
+            # poll's owner, maybe after this scan (or first touch) looked there: move the
+            # poll on from it now.
+            for target, moved_on in sorted(self._stale(source, staged).items()):
+                votes += await self.move_group(target, moved_on)
             markers, defined = False, False
         return votes
+
+    def _targets(self, s: Staged) -> set[str]:
+        found = {s.adhoc.target} if s.adhoc is not None else set()
+        return found | ({s.defined["target"]} if s.defined is not None else set())
+
+    def _stale(self, source: str, staged: list[Staged]) -> dict[str, list[str]]:
+        stale: dict[str, list[str]] = {}
+        for s in staged:
+            owner = self.manager.node_for(s.poll_id)
+            for target in sorted(self._targets(s) - {owner, source}):
+                stale.setdefault(target, []).append(s.poll_id)
+        return stale
+
+    def _check_targets(self, source: str, staged: list[Staged]) -> None:
+        """A record whose target is neither on the ring nor retiring (a ring change cut off,
+        then another ring configured without that node) cannot be finished: say so."""
+        known = set(self.sources)
+        for s in staged:
+            for target in sorted(self._targets(s) - known):
+                raise NodeUnavailable(
+                    target,
+                    "not configured",
+                    f"poll {s.poll_id} is staged on {source} for a move to node {target} "
+                    f"(a ring change cut off), which is neither in REDIS_NODES nor in "
+                    f"REDIS_RETIRING_NODES: name it in REDIS_RETIRING_NODES to finish that move",
+                    maybe_applied=False,
+                )
 
     async def _stage(
         self, source: str, polls: list[str], adhoc: bool, defined: bool, markers: bool
@@ -221,6 +343,7 @@ class Mover:
         pipe = self.client(source).pipeline(transaction=False)
         day = idem.today()
         plan: list[tuple[str, bool]] = []  # (poll, resume only)
+        moving = ring_config(self.manager)  # MOVING_KEY's value, set with each new record
         for poll_id in polls:
             owner = self.manager.node_for(poll_id)
             resume_only = owner == source
@@ -231,10 +354,13 @@ class Mover:
                     keys += [poll_key(poll_id), aside_key(poll_id), options_key(poll_id)]
                     if markers:  # read in the same script; moved by MARKERS_PUT / DROP
                         keys += [idem.once_key(poll_id, day + d) for d in idem.MOVED_DAYS]
-                self._eval(pipe, STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
+                self._eval(
+                    pipe, STAGE, len(keys), *keys, uuid.uuid4().hex, owner, MOVING_KEY, moving
+                )
             if defined:
                 keys = dm.stage_keys(poll_id, resume_only)
-                self._eval(pipe, dm.STAGE, len(keys), *keys, uuid.uuid4().hex, owner)
+                args = (uuid.uuid4().hex, owner, MOVING_KEY, moving)
+                self._eval(pipe, dm.STAGE, len(keys), *keys, *args)
                 for part in dm.PARTS:
                     pipe.execute_command("DUMP", dm.staged_key(poll_id, part), **{NEVER_DECODE: []})
         replies = iter(await self.run(source, "stage", pipe.execute()))
@@ -347,8 +473,7 @@ class Mover:
         return len(found)
 
     async def move_claim_everywhere(self, key: str) -> int:
-        owner = self.manager.node_for(key)
-        others = [s for s in self.sources if s != owner]
+        others = self.holders(key)
         return sum(await asyncio.gather(*(self.move_claims(s, [key]) for s in others)))
 
     # -- the scan --------------------------------------------------------------------------
@@ -357,40 +482,53 @@ class Mover:
         """Every poll (ad-hoc or defined), staged move and claim on every node whose owner
         is another node: listed (dry run) or moved, `group` per round trip, each group under
         `guard` (which may leave out polls already moved); progress in `self.report`, and in
-        the log once a second and after each pattern of each node."""
+        the log once a second and after each pattern of each node.
+
+        Order: the records of staged moves on every node, then the live keys on every node,
+        then the records on every node again. A record staged by another instance after
+        this scan passed that node's records (its first touch of a poll whose keys the live
+        pass had not reached yet) is found by the last pass: when the scan ends, no move
+        staged before the end of its live passes is left unfinished (docs/design.md,
+        "Several instances")."""
         report = self.report = Report()
+        records = [p for p in PATTERNS if p[0] in RECORD_PATTERNS]
+        live = [p for p in PATTERNS if p[0] not in RECORD_PATTERNS]
+        phases = [(s, p) for s in self.sources for p in records]
+        phases += [(s, p) for s in self.sources for p in live]
+        phases += [(s, p) for s in self.sources for p in records]
         logged = time.monotonic()
-        for source in self.sources:
-            for pattern, kind in PATTERNS:
-                seen: set[str] = set()
-                cursor = 0
-                while True:
-                    cursor, keys = await self.run(
+        self._passed = set()  # (node, pattern) whose pass is over
+        for source, (pattern, kind) in phases:
+            seen: set[str] = set()  # this pass's (SCAN may return a key twice)
+            cursor = 0
+            while True:
+                cursor, keys = await self.run(
+                    source,
+                    "scan",
+                    self.client(source).scan(cursor, match=pattern, count=SCAN_COUNT),
+                )
+                report.scanned += len(keys)
+                if kind == "claim":
+                    names = {poll_of(str(k)) for k in keys if str(k).endswith("}")}
+                else:
+                    names = {poll_of(str(k)) for k in keys}
+                names -= seen
+                seen |= names
+                await self._batch(source, sorted(names), pattern, kind, dry_run, guard)
+                if cursor == 0 or time.monotonic() - logged >= PROGRESS_SECONDS:
+                    logged = time.monotonic()
+                    logger.info(
+                        "rebalance: %s %s: %d keys scanned, %d of %d polls %s so far",
                         source,
-                        "scan",
-                        self.client(source).scan(cursor, match=pattern, count=SCAN_COUNT),
+                        pattern,
+                        report.scanned,
+                        report.moved,
+                        report.polls,
+                        "to move" if dry_run else "moved",
                     )
-                    report.scanned += len(keys)
-                    if kind == "claim":
-                        names = {poll_of(str(k)) for k in keys if str(k).endswith("}")}
-                    else:
-                        names = {poll_of(str(k)) for k in keys}
-                    names -= seen
-                    seen |= names
-                    await self._batch(source, sorted(names), pattern, kind, dry_run, guard)
-                    if cursor == 0 or time.monotonic() - logged >= PROGRESS_SECONDS:
-                        logged = time.monotonic()
-                        logger.info(
-                            "rebalance: %s %s: %d keys scanned, %d of %d polls %s so far",
-                            source,
-                            pattern,
-                            report.scanned,
-                            report.moved,
-                            report.polls,
-                            "to move" if dry_run else "moved",
-                        )
-                    if cursor == 0:
-                        break
+                if cursor == 0:
+                    break
+            self._passed.add((source, pattern))
         return report
 
     async def _batch(
@@ -407,17 +545,19 @@ class Mover:
                 async with guard([f"idem:{k}" for k in chunk]) as todo:
                     report.claims += await self.move_claims(source, [k[5:] for k in todo])
             return
-        live = pattern in ("poll:*", "def:*")
+        live = pattern not in RECORD_PATTERNS
         movers = []
         for poll_id in names:
             owner = self.manager.node_for(poll_id)
             if live:
-                report.seen.add(poll_id)
+                # A poll moved to a node whose pass is still ahead is counted there.
+                if owner == source or dry_run or (owner, pattern) in self._passed:
+                    report.polls += 1
                 if owner == source:
                     continue
-            if (source, poll_id) not in report.counted:  # once, whichever pattern found it
-                report.counted.add((source, poll_id))
-                report.moves.setdefault((source, owner), []).append(poll_id)
+                report.add(source, owner, poll_id)
+            else:
+                report.staged += 1
             movers.append(poll_id)
         if dry_run:
             return

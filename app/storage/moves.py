@@ -29,15 +29,22 @@ logger = logging.getLogger("app.rebalance")
 
 T = TypeVar("T")
 RING_KEY = "ring:config"
+# Set (to the ring being moved to, `ring_config`) on a node in the same pipeline as, and
+# before, any STAGE or claim TAKE there; deleted by `Mover.record` once the ring is recorded.
+# A start that finds it finishes the move even when `ring:config` matches (a ring change cut
+# off, then rolled back; or an instance killed while another finished the move).
+MOVING_KEY = "ring:moving"
 SCAN_COUNT = 1_000
 
 # KEYS[1] = the record, KEYS[2..4] = poll hash, aside hash, options set, KEYS[5..8] = the
 # poll's Idempotency-Key marker hashes (app/storage/idempotency.py: read here, not moved);
 # only KEYS[1] to resume a staged move on the poll's owner. ARGV[1] = a new transfer id,
-# ARGV[2] = the target. Replies {record, markers}: the record as HGETALL ({} when nothing is
-# there), with fields id, target, dropped (values that were no count: reads never showed
-# them), c:<option> (count), o:<option> (an option of the poll); the markers, per key,
-# {expire time in ms, field, value, ...} ({} when there are none).
+# ARGV[2] = the target, ARGV[3], ARGV[4] = MOVING_KEY and its value, set in the same script
+# as a new record (a node with a record always has the marker). Replies {record, markers}:
+# the record as HGETALL ({} when nothing is there), with fields id, target, dropped
+# (values that were no count: reads never showed them), c:<option> (count), o:<option> (an
+# option of the poll); the markers, per key, {expire time in ms, field, value, ...} ({} when
+# there are none).
 STAGE = """
 local function markers()
   if #KEYS < 8 or redis.call('EXISTS', KEYS[5], KEYS[6], KEYS[7], KEYS[8]) == 0 then
@@ -85,6 +92,7 @@ if redis.call('TYPE', KEYS[4])['ok'] == 'set' then
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], unpack(record))
+redis.call('SET', ARGV[3], ARGV[4])
 return {record, markers()}
 """
 
