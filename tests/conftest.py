@@ -17,7 +17,13 @@ from app.core.config import Settings, load_settings
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
 from app.main import create_app
+from app.services.defined_polls import DefinedPolls
 from app.services.polling_service import PollingService
+from app.services.results_cache import ResultsCache
+from app.storage.base import Store
+from app.storage.defined import RedisDefinedStore
+from app.storage.mover import Mover
+from app.storage.redis_store import ShardedRedisStore
 
 NodeFactory = Callable[..., LocalNode]
 
@@ -96,3 +102,27 @@ def start_service() -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for service in started:
         service.kill()
+
+
+def moving_service(store: ShardedRedisStore, mover: Mover) -> tuple[PollingService, DefinedPolls]:
+    """A service (no flush unless asked) whose ring-change move retries at once, and its
+    defined polls, as the move tests drive them."""
+    service = service_for(store, mover=mover, cache_ttl=5)
+    assert service.migration is not None
+    service.migration.retry_seconds = 0
+    defined = DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
+    return service, defined
+
+
+def service_for(store: Store, *, cache_ttl: float = 0, **extra: Any) -> PollingService:
+    """A service on `store` that flushes only when a test asks it to."""
+    return PollingService(
+        store,
+        batch_interval=3600,
+        batch_max_votes=10**9,
+        cache=ResultsCache(cache_ttl, 1000),
+        max_options_per_poll=10,
+        max_pending_pairs_per_node=100_000,
+        shutdown_flush_seconds=0,
+        **extra,
+    )

@@ -24,12 +24,11 @@ from app.services.errors import (
     VoteRejected,
 )
 from app.services.polling_service import PollingService
-from app.services.results_cache import ResultsCache
 from app.storage.base import NodeUnavailable
-from app.storage.defined import PollDefinition, RedisDefinedStore
+from app.storage.defined import PollDefinition
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, moving_service
 from tests.faults import Crash, FaultPlan, abandon
 from tests.test_rebalance import LABELS, expected, moved, seed
 
@@ -88,20 +87,7 @@ def service_on(
     specs = [NodeSpec(label, node.url) for label, node in zip(labels, nodes, strict=False)]
     store = ShardedRedisStore(specs, 100, 2.0)
     mover = Mover(store.manager, store.call)
-    service = PollingService(
-        store,
-        batch_interval=3600,
-        batch_max_votes=10**9,
-        cache=ResultsCache(5, 1000),
-        max_options_per_poll=10,
-        max_pending_pairs_per_node=100_000,
-        shutdown_flush_seconds=0,
-        mover=FaultyMover(mover, plan, torn) if plan else mover,
-    )
-    assert service.migration is not None
-    service.migration.retry_seconds = 0
-    defined = DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
-    return service, defined
+    return moving_service(store, FaultyMover(mover, plan, torn) if plan else mover)
 
 
 POLLS = [f"p{i}" for i in range(24)]  # some move when c joins a and b; 6 are touched

@@ -19,11 +19,10 @@ from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode
 from app.services.journal import Journal
 from app.services.polling_service import PollingService
-from app.services.results_cache import ResultsCache
 from app.storage.base import Applied, Batch, NodeUnavailable
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
-from tests.conftest import NodeFactory, running_app, settings_for
+from tests.conftest import NodeFactory, running_app, service_for, settings_for
 from tests.faults import Crash, FaultPlan, FaultyFiles, FaultyStore, abandon
 
 T = TypeVar("T")
@@ -190,14 +189,8 @@ async def test_a_move_cut_off_at_any_step_resumes_exactly(start_node: NodeFactor
 def journaled(nodes: list[LocalNode], labels: list[str], folder: Path) -> PollingService:
     plan = FaultPlan()
     store = FaultyStore(store_for(nodes, labels), plan)
-    return PollingService(
+    return service_for(
         store,
-        batch_interval=3600,
-        batch_max_votes=10**9,
-        cache=ResultsCache(0, 1000),
-        max_options_per_poll=10,
-        max_pending_pairs_per_node=100_000,
-        shutdown_flush_seconds=0,
         journal=Journal(folder, "always", FaultyFiles(plan)),
         mover=Mover(store.inner.manager, store.inner.call),  # type: ignore[attr-defined]
     )

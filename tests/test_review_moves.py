@@ -17,11 +17,10 @@ from app.devtools.local_nodes import LocalNode
 from app.services.defined_polls import DefinedPolls
 from app.services.errors import PollNotFound, ResultsUnavailable
 from app.services.polling_service import PollingService
-from app.services.results_cache import ResultsCache
-from app.storage.defined import PollDefinition, RedisDefinedStore
+from app.storage.defined import PollDefinition
 from app.storage.mover import SAMPLE, Mover
 from app.storage.redis_store import ShardedRedisStore
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, moving_service
 
 T = TypeVar("T")
 
@@ -75,19 +74,7 @@ def make_service(
     old = [NodeSpec(label, nodes[label].url) for label in retiring]
     store = ShardedRedisStore(specs, 100, 2.0, retiring=old)
     mover = GatedMover(Mover(store.manager, store.call))
-    service = PollingService(
-        store,
-        batch_interval=3600,
-        batch_max_votes=10**9,
-        cache=ResultsCache(5, 1000),
-        max_options_per_poll=10,
-        max_pending_pairs_per_node=100_000,
-        shutdown_flush_seconds=0,
-        mover=mover,
-    )
-    assert service.migration is not None
-    service.migration.retry_seconds = 0
-    defined = DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
+    service, defined = moving_service(store, mover)
     return service, defined, mover
 
 
