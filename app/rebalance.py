@@ -54,9 +54,19 @@ async def rebalance(dry_run: bool) -> int:
         f"retiring: {retiring}"
     )
     try:
-        added = mover.reach_cut_off_targets(await mover.cut_off())
-        if added:
-            print(f"a ring change was cut off: moving polls off {', '.join(added)} too")
+        found = [*(await mover.recorded()).values(), *(await mover.cut_off()).values()]
+        for value in found:
+            if isinstance(value, NodeUnavailable):
+                raise value
+        unnamed = mover.unnamed([v for v in found if isinstance(v, str)])
+        if unnamed:
+            print(
+                f"stopped: the nodes record a ring or a cut-off move that names {unnamed}, "
+                "which these settings do not have by that URL: name each in REDIS_NODES or "
+                "REDIS_RETIRING_NODES",
+                file=sys.stderr,
+            )
+            return 1
         report = await mover.scan(dry_run=dry_run)
         if not dry_run:
             await mover.record()

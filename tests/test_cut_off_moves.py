@@ -4,10 +4,11 @@ for a node nobody names is a named error (README "Adding or removing a node").""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from app.devtools.local_nodes import LocalNode
-from app.services.errors import ResultsUnavailable
+from app.services.errors import RebalanceBlocked, ResultsUnavailable
 from tests.conftest import NodeFactory
 from tests.test_review_moves import Gate, find_poll, make_service
 
@@ -42,7 +43,13 @@ async def test_a_rolled_back_ring_change_is_finished_then_its_marker_cleared(
     await ring2.store.close()
     assert markers(nodes) == {"a": True, "b": False, "c": False}  # set with the record
 
-    back, _, _ = make_service(nodes, ["a", "b"])  # c named nowhere
+    refused, _, _ = make_service(nodes, ["a", "b"])  # c named nowhere: refused, naming c
+    with pytest.raises(RebalanceBlocked, match="c=redis://"):
+        await refused.start()
+    await refused.store.close()
+    assert markers(nodes) == {"a": True, "b": False, "c": False}  # nothing changed
+
+    back, _, _ = make_service(nodes, ["a", "b"], retiring=["c"])
     await back.start()
     assert back.migration is not None
     await back.migration.wait()
@@ -53,7 +60,7 @@ async def test_a_rolled_back_ring_change_is_finished_then_its_marker_cleared(
     finally:
         await back.stop()
 
-    again, _, _ = make_service(nodes, ["a", "b"])
+    again, _, _ = make_service(nodes, ["a", "b"])  # c no longer named anywhere on the nodes
     await again.start()
     try:
         assert again.migration is not None

@@ -15,7 +15,7 @@ from app.core.consistent_hash import HashRing
 from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode
 from app.services.defined_polls import DefinedPolls
-from app.services.errors import PollNotFound, ResultsUnavailable
+from app.services.errors import PollNotFound, RebalanceBlocked, ResultsUnavailable
 from app.services.polling_service import PollingService
 from app.storage.defined import PollDefinition
 from app.storage.mover import SAMPLE, Mover
@@ -333,7 +333,11 @@ async def test_rolling_back_a_ring_change_cut_off_mid_move_hides_the_staged_coun
     await mover2._stage("a", [poll_id], True, True, True)  # kill -9 after STAGE
     await ring2.store.close()
 
-    service, _, _ = make_service(nodes, ["a", "b"])
+    refused, _, _ = make_service(nodes, ["a", "b"])
+    with pytest.raises(RebalanceBlocked, match="c=redis://"):
+        await refused.start()  # the marker names c: the rollback must name it retiring
+    await refused.store.close()
+    service, _, _ = make_service(nodes, ["a", "b"], retiring=["c"])
     await service.start()
     try:
         observed: object

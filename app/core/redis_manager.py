@@ -35,17 +35,11 @@ class RedisManager:
         self.specs = {spec.label: spec for spec in nodes}
         self.retiring = {spec.label: spec for spec in retiring or []}
         self.ring = HashRing([spec.label for spec in nodes], virtual_nodes)
-        self._timeout, self._tls_ca_file = timeout, tls_ca_file
         # Our flusher retries whole batches itself, so the client must not retry on its own.
         self.clients = {
             spec.label: self._client(spec, timeout, tls_ca_file)
             for spec in [*nodes, *self.retiring.values()]
         }
-
-    def add_retiring(self, spec: NodeSpec) -> None:
-        """A node to move polls off, found after start (a ring change that was cut off)."""
-        self.retiring[spec.label] = spec
-        self.clients[spec.label] = self._client(spec, self._timeout, self._tls_ca_file)
 
     def spec(self, label: str) -> NodeSpec:
         """A ring node's or a retiring node's spec."""

@@ -123,6 +123,8 @@ class PollingService:
         await self.store.open()
         await self._check_nodes()
         misplaced: dict[str, set[str]] = {}
+        if self.mover is not None:
+            await self._ring_records(self.mover)  # before the journal: it may need those nodes
         if self.journal is not None:
             misplaced = await self._recover(self.journal)
         if self.mover is not None:
@@ -142,19 +144,35 @@ class PollingService:
             except NodeUnavailable:
                 continue
 
+    async def _ring_records(
+        self, mover: Mover
+    ) -> tuple[dict[str, str | NodeUnavailable | None], dict[str, str | NodeUnavailable]]:
+        """Each node's recorded ring and `ring:moving` marker (or why it could not be read).
+        Refuses (RebalanceBlocked) when they name a node this start does not have by the
+        same URL: polls may be left there, and a journal batch sealed for it must go to it
+        (so this runs before the journal is replayed too)."""
+        recorded = await mover.recorded()
+        markers = await mover.cut_off()  # a move staged and maybe unfinished
+        found = [r for r in [*recorded.values(), *markers.values()] if isinstance(r, str)]
+        unnamed = mover.unnamed(found)
+        if unnamed:
+            raise RebalanceBlocked(
+                f"the nodes record a ring or a cut-off move that names {unnamed}, which this "
+                "start does not have by that URL: polls may be left there. Name each in "
+                "REDIS_NODES or REDIS_RETIRING_NODES (label=url, with its password if any)"
+            )
+        return recorded, markers
+
     async def _rebalance(self, mover: Mover, misplaced: dict[str, set[str]]) -> None:
         """Decide whether polls must move (all of them when the ring differs from the one
         recorded on the nodes; else those of recovered batches that went to their old
         node); once the journal's batches have all landed, start moving them in the
         background (`Migration`): votes and reads are served meanwhile."""
         config = ring_config(mover.manager)
-        recorded = await mover.recorded()
+        recorded, markers = await self._ring_records(mover)
         down = {n: r for n, r in recorded.items() if isinstance(r, NodeUnavailable)}
-        cut_off = await mover.cut_off()  # a move staged and maybe unfinished (`ring:moving`)
-        try:
-            mover.reach_cut_off_targets(cut_off)
-        except NodeUnavailable as exc:
-            raise RebalanceBlocked(str(exc)) from exc
+        down |= {n: r for n, r in markers.items() if isinstance(r, NodeUnavailable)}
+        cut_off = {n: r for n, r in markers.items() if isinstance(r, str)}
         full = bool(mover.manager.retiring or cut_off) or any(
             recorded[n] != config for n in mover.manager.specs if n not in down
         )

@@ -30,7 +30,6 @@ from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
 from app.core.consistent_hash import HashRing
-from app.core.nodes import NodeSpec
 from app.core.redis_manager import RedisManager
 from app.storage import defined_moves as dm
 from app.storage import idempotency as idem
@@ -188,55 +187,37 @@ class Mover:
         for node in self.sources:
             await self.run(node, "write ring", self.client(node).delete(MOVING_KEY))
 
-    async def cut_off(self) -> dict[str, str]:
-        """The `ring:moving` markers (a move staged there may be unfinished), by node; nodes
-        that cannot be read are left out (`recorded` says which)."""
-        found: dict[str, str] = {}
+    async def cut_off(self) -> dict[str, str | NodeUnavailable]:
+        """The `ring:moving` markers (a move staged there may be unfinished) by node, or why
+        a node's could not be read (the caller counts that node as down)."""
+        found: dict[str, str | NodeUnavailable] = {}
         for node in self.sources:
             try:
                 value = await self.run(node, "read ring", self.client(node).get(MOVING_KEY))
-            except NodeUnavailable:
+            except NodeUnavailable as exc:
+                found[node] = exc
                 continue
             if value is not None:
                 found[node] = str(value)
         return found
 
-    def reach_cut_off_targets(self, markers: dict[str, str]) -> list[str]:
-        """Nodes that a cut-off ring change moved polls to and that are neither on the ring
-        nor retiring become retiring for this move, reached by the URL the marker recorded
-        (a move back, e.g. after a rollback). Raises NodeUnavailable when that URL hid a
-        password: the operator must name the node in REDIS_RETIRING_NODES."""
-        added: list[str] = []
-        for node, value in sorted(markers.items()):
+    def unnamed(self, recorded: list[str]) -> list[str]:
+        """The nodes that the recorded rings and `ring:moving` markers name (JSON values of
+        `ring_config`) and that this start does not know by the same URL: polls may be left
+        there, so a start must not go on without them (each is described, password-free)."""
+        known = {label: spec.safe_url for label, spec in self.manager.specs.items()}
+        known |= {label: spec.safe_url for label, spec in self.manager.retiring.items()}
+        missing: set[str] = set()
+        for value in recorded:
             try:
                 nodes = dict(json.loads(value)["nodes"])
             except (ValueError, KeyError, TypeError):
-                logger.warning("rebalance: %s: unreadable %s %r; ignored", node, MOVING_KEY, value)
+                logger.warning("rebalance: unreadable ring record %r; ignored", value)
                 continue
-            for label, url in sorted(nodes.items()):
-                if label in self.manager.specs or label in self.manager.retiring:
-                    continue
-                if "***" in str(url):
-                    raise NodeUnavailable(
-                        label,
-                        str(url),
-                        "a ring change that was cut off moved polls to this node, which is "
-                        "neither in REDIS_NODES nor in REDIS_RETIRING_NODES, and its URL needs "
-                        "a password: name it in REDIS_RETIRING_NODES",
-                        maybe_applied=False,
-                    )
-                self.manager.add_retiring(NodeSpec(label, str(url)))
-                added.append(label)
-                logger.warning(
-                    "rebalance: a ring change to %s was cut off (%s on %s); moving polls off %s "
-                    "too, as a retiring node (%s)",
-                    sorted(nodes),
-                    MOVING_KEY,
-                    node,
-                    label,
-                    url,
-                )
-        return added
+            for label, url in nodes.items():
+                if known.get(label) != url:
+                    missing.add(f"{label}={url}")
+        return sorted(missing)
 
     # -- polls -----------------------------------------------------------------------------
 
@@ -343,7 +324,9 @@ class Mover:
         pipe = self.client(source).pipeline(transaction=False)
         day = idem.today()
         plan: list[tuple[str, bool]] = []  # (poll, resume only)
-        moving = ring_config(self.manager)  # MOVING_KEY's value, set with each new record
+        # MOVING_KEY's value, set with each new record: the ring and the retiring nodes, so a
+        # later start knows every node this move may have left polls on.
+        moving = ring_config(self.manager, with_retiring=True)
         for poll_id in polls:
             owner = self.manager.node_for(poll_id)
             resume_only = owner == source
@@ -495,7 +478,8 @@ class Mover:
         live = [p for p in PATTERNS if p[0] not in RECORD_PATTERNS]
         phases = [(s, p) for s in self.sources for p in records]
         phases += [(s, p) for s in self.sources for p in live]
-        phases += [(s, p) for s in self.sources for p in records]
+        if not dry_run:  # a dry run finishes nothing: a second look would count them twice
+            phases += [(s, p) for s in self.sources for p in records]
         logged = time.monotonic()
         self._passed = set()  # (node, pattern) whose pass is over
         for source, (pattern, kind) in phases:

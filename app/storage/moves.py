@@ -136,9 +136,12 @@ def poll_of(key: str) -> str:
     return key[key.index("{") + 1 : key.rindex("}")]
 
 
-def ring_config(manager: RedisManager) -> str:
-    """The ring as recorded on the nodes: labels, their URL identities, virtual nodes."""
+def ring_config(manager: RedisManager, with_retiring: bool = False) -> str:
+    """The ring as recorded on the nodes: labels, their URL identities, virtual nodes (and
+    the retiring nodes too, for the `ring:moving` marker)."""
     nodes = {label: spec.safe_url for label, spec in manager.specs.items()}
+    if with_retiring:
+        nodes |= {label: spec.safe_url for label, spec in manager.retiring.items()}
     return json.dumps({"virtual_nodes": manager.ring.virtual_nodes, "nodes": nodes}, sort_keys=True)
 
 
