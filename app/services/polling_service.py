@@ -148,8 +148,8 @@ class PollingService:
         self, mover: Mover
     ) -> tuple[dict[str, str | NodeUnavailable | None], dict[str, str | NodeUnavailable]]:
         """Each node's recorded ring and `ring:moving` marker (or why it could not be read).
-        Refuses (RebalanceBlocked) when they name a node this start does not have by the
-        same URL: polls may be left there, and a journal batch sealed for it must go to it
+        Refuses (RebalanceBlocked) when they name a server (URL) this start has under no
+        label: polls may be left there, and a journal batch sealed for it must go to it
         (so this runs before the journal is replayed too)."""
         recorded = await mover.recorded()
         markers = await mover.cut_off()  # a move staged and maybe unfinished
@@ -157,8 +157,8 @@ class PollingService:
         unnamed = mover.unnamed(found)
         if unnamed:
             raise RebalanceBlocked(
-                f"the nodes record a ring or a cut-off move that names {unnamed}, which this "
-                "start does not have by that URL: polls may be left there. Name each in "
+                f"the nodes record a ring or a cut-off move that names {unnamed}, a server "
+                "this start does not have: polls may be left there. Name each in "
                 "REDIS_NODES or REDIS_RETIRING_NODES (label=url, with its password if any)"
             )
         return recorded, markers

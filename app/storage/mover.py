@@ -203,10 +203,10 @@ class Mover:
 
     def unnamed(self, recorded: list[str]) -> list[str]:
         """The nodes that the recorded rings and `ring:moving` markers name (JSON values of
-        `ring_config`) and that this start does not know by the same URL: polls may be left
-        there, so a start must not go on without them (each is described, password-free)."""
-        known = {label: spec.safe_url for label, spec in self.manager.specs.items()}
-        known |= {label: spec.safe_url for label, spec in self.manager.retiring.items()}
+        `ring_config`) whose server (URL) this start does not have: polls may be left there,
+        so a start must not go on without them (each is described, password-free)."""
+        specs = [*self.manager.specs.values(), *self.manager.retiring.values()]
+        servers = {spec.safe_url for spec in specs}
         missing: set[str] = set()
         for value in recorded:
             try:
@@ -214,9 +214,9 @@ class Mover:
             except (ValueError, KeyError, TypeError):
                 logger.warning("rebalance: unreadable ring record %r; ignored", value)
                 continue
-            for label, url in nodes.items():
-                if known.get(label) != url:
-                    missing.add(f"{label}={url}")
+            # A server this start has, under any label, is scanned: a label that changed
+            # (one unlabelled node is `redis`, two are `redis_<port>`) hides nothing.
+            missing |= {f"{label}={url}" for label, url in nodes.items() if url not in servers}
         return sorted(missing)
 
     # -- polls -----------------------------------------------------------------------------
