@@ -15,6 +15,7 @@ import pytest
 
 from app.core.config import load_settings
 from app.devtools.local_nodes import LocalNode
+from app.storage.base import Applied, Batch, NodeUnavailable
 from tests.conftest import NodeFactory, ServiceProcess, running_app, settings_for, stored_counts
 from tests.proxies import ReplyCuttingProxy
 
@@ -191,8 +192,41 @@ async def test_adding_a_node_keeps_the_journaled_votes_of_the_renamed_one(
     grown = settings_for([first, second], journal_dir=str(tmp_path / "j"))
     async with running_app(grown) as (_, service):
         owner = service.store.node_for("p")
+        assert service.migration is not None
+        await service.migration.wait()  # the batch went to the same server; then it moved
     on = first if owner == f"redis_{first.port}" else second
     assert stored_counts(on, "p") == {"A": 3}
+
+
+async def test_a_renamed_nodes_journal_batch_that_had_landed_counts_once(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """As above, but the batch had landed on the node (its reply lost): recovery sends it to
+    the same server under its new label, whose mark says so, and the move carries it."""
+    first, second = start_node(persist=True), start_node()
+    polls = [str(p) for p in range(40)]  # some of them move to the second node
+    settings = settings_for([first], journal_dir=str(tmp_path / "j"), shutdown_flush_seconds=0)
+    async with running_app(settings) as (client, service):
+        for poll_id in polls:
+            await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+        real_apply = service.store.apply
+
+        async def landed_but_reply_lost(batches: list[Batch]) -> Applied:
+            await real_apply(batches)
+            raise NodeUnavailable(batches[0].node, first.url, "reply lost")
+
+        service.store.apply = landed_but_reply_lost  # type: ignore[method-assign]
+        assert await service.flusher.flush() == 0  # stored, but kept sealed in the journal
+    assert sum(sum(stored_counts(first, p).values()) for p in polls) == 40
+    grown = settings_for([first, second], journal_dir=str(tmp_path / "j"))
+    async with running_app(grown) as (client, service):
+        assert service.migration is not None
+        await service.migration.wait()
+        for poll_id in polls:
+            body = (await client.get(f"/api/v1/results/{poll_id}")).json()
+            assert body["results"] == {"A": 1}, poll_id
+    total = sum(sum(stored_counts(n, p).values()) for n in (first, second) for p in polls)
+    assert total == 40
 
 
 async def test_a_journal_that_cannot_seal_loses_no_votes(

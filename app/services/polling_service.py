@@ -85,6 +85,7 @@ class PollingService:
         self.store = store
         self.mover = mover
         self.migration = Migration(mover) if mover else None
+        self.renamed: dict[str, str] = {}  # recorded label -> this ring's, same server
         self.cache = cache
         self.write_through = batch_interval <= 0
         self.batch_max_votes = batch_max_votes
@@ -154,6 +155,7 @@ class PollingService:
         recorded = await mover.recorded()
         markers = await mover.cut_off()  # a move staged and maybe unfinished
         found = [r for r in [*recorded.values(), *markers.values()] if isinstance(r, str)]
+        self.renamed = mover.renamed(found)
         unnamed = mover.unnamed(found)
         if unnamed:
             raise RebalanceBlocked(
@@ -227,6 +229,10 @@ class PollingService:
         batches = []
         misplaced: dict[str, set[str]] = {}
         for batch in found.batches:
+            if batch.node in self.renamed:  # the same server under a new label: its mark
+                moved = dataclasses.replace(batch, node=self.renamed[batch.node])
+                journal.readdress(batch, [moved])
+                batch = moved
             if batch.node in self.buffers:
                 batches.append(batch)
                 polls = {p for p in batch.counts if self.store.node_for(p) != batch.node}

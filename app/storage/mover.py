@@ -219,6 +219,22 @@ class Mover:
             missing |= {f"{label}={url}" for label, url in nodes.items() if url not in servers}
         return sorted(missing)
 
+    def renamed(self, recorded: list[str]) -> dict[str, str]:
+        """Recorded labels that this start has under another label (same URL): old -> new.
+        A journal batch sealed for the old label goes to the same server, where its mark is."""
+        labels = {spec.safe_url: label for label, spec in self.manager.specs.items()}
+        labels |= {spec.safe_url: label for label, spec in self.manager.retiring.items()}
+        found: dict[str, str] = {}
+        for value in recorded:
+            try:
+                nodes = dict(json.loads(value)["nodes"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            for label, url in nodes.items():
+                if url in labels and labels[url] != label and label not in self.sources:
+                    found[label] = labels[url]
+        return found
+
     # -- polls -----------------------------------------------------------------------------
 
     async def move_poll(self, source: str, poll_id: str) -> int:
