@@ -24,6 +24,7 @@ import redis
 from app.devtools.local_cluster import LocalCluster
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
+from bench.alone import log
 from bench.wrk import WrkResult, run_wrk
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -167,10 +168,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from bench.run import log
-
-    result = measure(log)
-    print("\n".join(markdown(result)))
+    print("\n".join(markdown(measure(log))))
 
 
 if __name__ == "__main__":

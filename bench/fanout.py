@@ -38,9 +38,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.devtools.local_nodes import LocalNode, free_port
+from app.devtools.local_nodes import LocalNode
 from app.devtools.uvicorn_process import UvicornProcess
 from bench import defined
+from bench.alone import on_two_nodes
 from bench.wrk import run_wrk
 
 POLL = "bench-fanout"
@@ -543,14 +544,7 @@ def markdown(f: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from bench.run import TOKEN, log
-
-    nodes = [LocalNode(free_port()).start(), LocalNode(free_port()).start()]
-    try:
-        result = measure(nodes, TOKEN, log)
-    finally:
-        for node in nodes:
-            node.kill()
+    result = on_two_nodes(measure)
     print(json.dumps(result, indent=2))
     print("\n".join(markdown(result)))
 

@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 import redis
 
-from app.devtools.local_nodes import LocalNode, free_port
+from app.devtools.local_nodes import LocalNode
 from app.devtools.uvicorn_process import UvicornProcess
 from bench import defined
+from bench.alone import on_two_nodes
 from bench.wrk import WrkResult, run_wrk
 
 READ_POLLS = ["1", "2", "3", "4"]  # ad-hoc polls the reader follows (vote.lua votes 1..1000)
@@ -155,15 +156,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from bench.run import TOKEN, log
-
-    nodes = [LocalNode(free_port()).start(), LocalNode(free_port()).start()]
-    try:
-        result = measure(nodes, TOKEN, log)
-    finally:
-        for node in nodes:
-            node.kill()
-    print("\n".join(markdown(result)))
+    print("\n".join(markdown(on_two_nodes(measure))))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
+from bench.alone import log
 
 POLLS = int(os.environ.get("BENCH_MIGRATE_POLLS", "100000"))
 SAMPLE = int(os.environ.get("BENCH_MIGRATE_SAMPLE", "20000"))
@@ -168,9 +169,6 @@ def markdown(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
     print("\n".join(markdown(measure(log))))
 
 

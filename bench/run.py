@@ -29,19 +29,15 @@ from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
 from bench import cluster, defined, fanout, instances, migrate
+from bench.alone import TOKEN, log
 from bench.wrk import WrkResult, run_wrk
 
 OUT = Path(__file__).resolve().parent / "results"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 VOTERS = int(os.environ.get("BENCH_VOTERS", "1000000"))  # for the voter memory
-TOKEN = "bench-token"
 DEFINED_POLL = "bench-defined"
 Rounds = dict[str, list[WrkResult]]
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def median(results: list[WrkResult], field: str) -> float:
