@@ -116,6 +116,17 @@ class Staged:
         return self.adhoc is not None or self.defined is not None or bool(self.markers)
 
 
+def recorded_nodes(recorded: list[str]) -> set[tuple[str, str]]:
+    """(label, password-free URL) of every node that these `ring_config` JSON values name."""
+    found: set[tuple[str, str]] = set()
+    for value in recorded:
+        try:
+            found |= {(str(k), str(v)) for k, v in dict(json.loads(value)["nodes"]).items()}
+        except (ValueError, KeyError, TypeError):
+            logger.warning("rebalance: unreadable ring record %r; ignored", value)
+    return found
+
+
 class Mover:
     """Finds the polls whose owner changed and moves them, many per round trip."""
 
@@ -207,33 +218,21 @@ class Mover:
         so a start must not go on without them (each is described, password-free)."""
         specs = [*self.manager.specs.values(), *self.manager.retiring.values()]
         servers = {spec.safe_url for spec in specs}
-        missing: set[str] = set()
-        for value in recorded:
-            try:
-                nodes = dict(json.loads(value)["nodes"])
-            except (ValueError, KeyError, TypeError):
-                logger.warning("rebalance: unreadable ring record %r; ignored", value)
-                continue
-            # A server this start has, under any label, is scanned: a label that changed
-            # (one unlabelled node is `redis`, two are `redis_<port>`) hides nothing.
-            missing |= {f"{label}={url}" for label, url in nodes.items() if url not in servers}
-        return sorted(missing)
+        # A server this start has, under any label, is scanned: a label that changed (one
+        # unlabelled node is `redis`, two are `redis_<port>`) hides nothing.
+        named = recorded_nodes(recorded)
+        return sorted({f"{label}={url}" for label, url in named if url not in servers})
 
     def renamed(self, recorded: list[str]) -> dict[str, str]:
         """Recorded labels that this start has under another label (same URL): old -> new.
         A journal batch sealed for the old label goes to the same server, where its mark is."""
         labels = {spec.safe_url: label for label, spec in self.manager.specs.items()}
         labels |= {spec.safe_url: label for label, spec in self.manager.retiring.items()}
-        found: dict[str, str] = {}
-        for value in recorded:
-            try:
-                nodes = dict(json.loads(value)["nodes"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            for label, url in nodes.items():
-                if url in labels and labels[url] != label and label not in self.sources:
-                    found[label] = labels[url]
-        return found
+        return {
+            label: labels[url]
+            for label, url in recorded_nodes(recorded)
+            if url in labels and labels[url] != label and label not in self.sources
+        }
 
     # -- polls -----------------------------------------------------------------------------
 
