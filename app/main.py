@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from app.api.deadlines import BodyDeadlines, BodyTimeout
 from app.api.fast_path import FastPath
 from app.api.handlers import timeout_reply
+from app.api.metrics import metrics_registry, metrics_route
 from app.api.responses import to_response
 from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
@@ -25,7 +26,6 @@ from app.core.config import Settings, load_settings
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
 from app.services.live_results import LiveResults
-from app.services.metrics import metrics_registry, metrics_route
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
@@ -75,6 +75,7 @@ def build_service(settings: Settings) -> PollingService:
         shutdown_flush_seconds=settings.shutdown_flush_seconds,
         journal=build_journal(settings),
         mover=mover,
+        ring_lease_seconds=settings.ring_lease_seconds,
     )
 
 

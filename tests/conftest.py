@@ -60,6 +60,7 @@ def settings_for(nodes: list[LocalNode] | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_nodes": nodes_setting(nodes) if nodes else "",
         "batch_interval_seconds": 3600,  # tests flush explicitly unless they ask otherwise
+        "ring_lease_seconds": 1.0,  # a killed service's lease ends soon
     }
     values.update(overrides)
     return load_settings(**values)
@@ -124,5 +125,5 @@ def service_for(store: Store, *, cache_ttl: float = 0, **extra: Any) -> PollingS
         max_options_per_poll=10,
         max_pending_pairs_per_node=100_000,
         shutdown_flush_seconds=0,
-        **extra,
+        **({"ring_lease_seconds": 1.0} | extra),  # a killed service's lease ends soon
     )

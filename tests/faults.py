@@ -171,6 +171,8 @@ async def abandon(service: PollingService) -> None:
         tasks.append(service.migration._task)
     if service.journal is not None:
         tasks.append(service.journal._task)
+    if service.lease is not None:
+        tasks.append(service.lease._task)  # its leases stay on the nodes until they expire
     for task in tasks:
         if task is not None:
             task.cancel()

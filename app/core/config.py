@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         le=10_000,
         description="Polls moved per node round trip after a ring change (1: one at a time).",
     )
+    ring_lease_seconds: float = Field(
+        5.0,
+        ge=0.2,
+        le=300,
+        description="Each instance holds a lease for its ring on every node, renewed every "
+        "third of this: an instance with another ring is refused while one is alive (a "
+        "start waits this long for a killed instance's lease to end).",
+    )
     batch_interval_seconds: float = Field(
         10.0, ge=0, le=3600, description="0 writes every vote through to the store."
     )

@@ -10,8 +10,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from app.services.instruments import flush_histogram
 from app.services.journal import Journal, SealUnit
-from app.services.metrics import flush_histogram
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import Batch, Counts, NodeUnavailable, Store
 

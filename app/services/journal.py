@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.services.file_ops import FileOps
+from app.services.instruments import fsync_histogram
 from app.services.journal_format import (
     Damaged,
     Entry,
@@ -44,7 +45,6 @@ from app.services.journal_format import (
     encode_record,
     encode_sealed,
 )
-from app.services.metrics import fsync_histogram
 from app.storage.base import Batch
 
 logger = logging.getLogger("app.journal")

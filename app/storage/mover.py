@@ -48,6 +48,7 @@ from app.storage.moves import (
     ring_config,
 )
 from app.storage.redis_store import aside_key, options_key, poll_key
+from app.storage.ring_lease import SERVED_KEY, SETTLE, digest
 
 logger = logging.getLogger("app.rebalance")
 
@@ -195,6 +196,11 @@ class Mover:
         config = ring_config(self.manager)
         for node in self.manager.specs:
             await self.run(node, "write ring", self.client(node).set(RING_KEY, config))
+        for node in self.manager.specs:  # only this ring has served since: no split to find
+            settle = self.client(node).eval(SETTLE, 1, SERVED_KEY, digest(config))
+            await self.run(node, "settle ring", settle)
+        for node in self.manager.retiring:  # left empty
+            await self.run(node, "settle ring", self.client(node).delete(SERVED_KEY))
         for node in self.sources:
             await self.run(node, "write ring", self.client(node).delete(MOVING_KEY))
 
