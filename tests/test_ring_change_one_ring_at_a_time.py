@@ -10,6 +10,7 @@ import redis
 
 from app.devtools.local_nodes import LocalNode
 from app.services.errors import RebalanceBlocked, ShuttingDown
+from app.services.health_report import health_report
 from app.services.polling_service import PollingService
 from app.storage.moves import RING_KEY, ring_config
 from app.storage.ring_lease import LEASES_KEY, SERVED_KEY, RingLease
@@ -96,6 +97,8 @@ async def test_an_instance_whose_lease_another_ring_took_stops_taking_votes(
         await wait_for(lambda: service.ring_lost is not None)  # the next renewal sees it
         with pytest.raises(ShuttingDown, match="no longer serves the ring"):
             service.vote("p", "A")
+        report = await health_report(service)
+        assert report["status"] == "degraded" and "another ring" in str(report["ring_lost"])
     finally:
         await service.stop()
 

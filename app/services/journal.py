@@ -20,6 +20,10 @@ doubles. Damaged lines and files are moved to `quarantine/` and counted; the res
 Each process takes a slot folder (`slot-0`, ...) under an exclusive lock, so several workers
 can share `JOURNAL_DIR`, and at start moves into its own slot whatever is in slots no running
 process holds, so a restart with fewer workers recovers everything.
+
+Long because appending, sealing and recovery share the segment bookkeeping and the slot
+lock, and their crash-safety arguments read together; the line format and the file
+operations are modules of their own (journal_format.py, file_ops.py).
 """
 
 from __future__ import annotations

@@ -42,9 +42,6 @@ from app.storage.ring_lease import RingLease
 logger = logging.getLogger("app.polling_service")
 
 READ_ATTEMPTS = 3
-# What one held (poll, option) pair costs at most, in the buffer and then in its batch, with
-# 64-character ids and one option per poll (measured: tests/test_memory_caps.py).
-BYTES_PER_PAIR = 550
 
 
 @dataclass(frozen=True)
@@ -394,58 +391,5 @@ class PollingService:
         _merge(counts, self.buffers[node].peek(poll_id))
         return Results(poll_id, counts, served_via, stale)
 
-    # -- health ----------------------------------------------------------------------------
-
     def pending_votes(self) -> int:
         return sum(b.votes for b in self.buffers.values())
-
-    def _node_health(self, label: str, url: str, reachable: bool) -> dict[str, object]:
-        held = self.buffers[label].pairs + self.flusher.held_pairs.get(label, 0)
-        return {
-            "label": label,
-            "url": url,
-            "reachable": reachable,
-            "pending_votes": self.buffers[label].votes,
-            "in_flight_votes": self.flusher.in_flight_votes(label),
-            "held_pairs": held,
-            "held_bytes_estimate": held * BYTES_PER_PAIR,
-            "backlog_cap_pairs": self.max_pending_pairs,
-            "error": self.flusher.down.get(label) or self.flusher.unsealed.get(label),
-            "set_aside_polls": sorted(self.flusher.set_aside.get(label, ())),
-        }
-
-    async def health(self, extra_counters: dict[str, int] | None = None) -> dict[str, object]:
-        """The report `/health` gives; `extra_counters` join `counters` (defined polls')."""
-        reachable = await self.store.ping()
-        nodes = [
-            self._node_health(label, url, reachable.get(label, False))
-            for label, url in self.store.describe()
-        ]
-        healthy = all(n["reachable"] and not n["error"] for n in nodes)
-        report: dict[str, object] = {
-            "status": "ok" if healthy and not self.flusher.set_aside else "degraded",
-            "nodes": nodes,
-            "buffer": {
-                "pending_votes": self.pending_votes(),
-                "pending_polls": sum(b.polls for b in self.buffers.values()),
-                "in_flight_votes": self.flusher.in_flight_votes(),
-            },
-            "cache": {"polls": len(self.cache), "ttl_seconds": self.cache.ttl},
-            "counters": {
-                "accepted_votes": self.accepted_votes,
-                "flushes": self.flusher.flushes,
-                "round_trips": self.flusher.round_trips,
-                **(extra_counters or {}),
-            },
-        }
-        if self.migration is not None:
-            report["rebalance"] = self.migration.describe()
-        if self.journal is not None:
-            quarantine = self.journal.quarantine
-            report["journal"] = {
-                "fsync": self.journal.fsync,
-                "quarantine_folder": quarantine.folder,
-                "quarantined_files": quarantine.files,
-                "quarantined_lines": quarantine.lines,
-            }
-        return report

@@ -11,6 +11,9 @@ source, copy on each target (sorted), release on the source. Every command in th
 atomic script or idempotent, and a release is sent only once every copy has been confirmed,
 so whatever prefix of a pipeline a crash lets through, the next run finishes the same
 transfers (docs/design.md, "Changing the ring").
+
+Long because the scan, the group move and its three pipelines share one batching of polls
+per round trip; each protocol's scripts live in their own modules (named above).
 """
 
 from __future__ import annotations

@@ -176,7 +176,9 @@ class RingLease:
             refused = await self._acquire_all()
             if refused is not None:
                 node, other, _ = refused
-                self.on_lost(f"node {node} is now held by an instance serving ring {other}")
+                self.on_lost(
+                    f"node {node} is now held by an instance serving another ring ({other})"
+                )
                 return
 
     async def release(self) -> None:
