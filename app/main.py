@@ -110,10 +110,11 @@ async def _warn_unreachable(store: Store) -> None:
     reachable = await store.ping()
     down = [f"{label}={url}" for label, url in store.describe() if not reachable.get(label)]
     if down:
+        some = f"{len(down)} of {len(reachable)} nodes not"
         logger.warning(
-            "started with %s not reachable: %s; votes for them are held (up to the backlog "
-            "cap) until they answer",
-            "no node" if len(down) == len(reachable) else f"{len(down)} of {len(reachable)} nodes",
+            "started with %s reachable: %s; votes for them are held (up to the backlog cap) "
+            "until they answer",
+            "no node" if len(down) == len(reachable) else some,
             ", ".join(down),
         )
 
