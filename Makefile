@@ -17,9 +17,10 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m app.devtools.run_local
 
-# `make rebalance ARGS=--dry-run`: what a ring change would move (docs/operations.md).
+# `make rebalance ARGS=--dry-run`: what a ring change would move, on the nodes `make run`
+# starts (NODES, REDIS_NODES); they are started for it and stopped after (docs/operations.md).
 rebalance: install
-	$(PY) -m app.rebalance $(ARGS)
+	$(PY) -m app.devtools.run_local rebalance $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

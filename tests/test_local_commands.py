@@ -20,8 +20,7 @@ import redis
 from app.core.config import Settings
 from app.core.nodes import parse_nodes
 from app.devtools import run_local
-from app.devtools.local_nodes import free_port
-from tests.conftest import NodeFactory
+from app.devtools.local_nodes import LocalNode, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
@@ -120,20 +119,33 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
     return subprocess.run(command, env=full, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def test_make_rebalance_dry_run_and_the_dry_run_on_a_cluster(
-    start_node: NodeFactory,
-) -> None:
-    node = start_node()
-    with redis.Redis(port=node.port) as client:
-        client.hset("poll:{p}", "A", 1)
-    done = run(["make", "-s", "rebalance", "ARGS=--dry-run"], {"REDIS_NODES": node.url})
+def test_make_rebalance_dry_run_and_the_dry_run_on_a_cluster(tmp_path: Path) -> None:
+    """`make rebalance` starts the nodes `make run` would (here the one REDIS_NODES names,
+    from its data) for the command, and stops them; on a cluster the command refuses."""
+    port = free_port()
+    data = tmp_path / "data"
+    node = LocalNode(port, data / f"node-{port}").start()
+    try:
+        with redis.Redis(port=port) as client:
+            client.hset("poll:{p}", "A", 1)
+    finally:
+        node.stop()
+    env = {"REDIS_NODES": node.url, "LOCAL_DATA_DIR": str(data)}
+    done = run(["make", "-s", "rebalance", "ARGS=--dry-run"], env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "would move 0 of 1 polls (0.0%); " in done.stdout
-    cluster = {"REDIS_NODES": node.url, "REDIS_CLUSTER_URL": f"redis://127.0.0.1:{free_port()}"}
+    assert f"node redis listening on {node.url}" in done.stdout
+    assert "node redis stopped" in done.stdout
+    cluster = {**env, "REDIS_CLUSTER_URL": f"redis://127.0.0.1:{free_port()}"}
     for args in (["--dry-run"], []):
         done = run([sys.executable, "-m", "app.rebalance", *args], cluster)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
         assert done.stderr.startswith("REDIS_CLUSTER_URL is set: a Redis Cluster places polls")
-        with redis.Redis(port=node.port) as client:
-            assert client.get("ring:config") is None  # the ring nodes were not touched
+    node.start()
+    try:
+        with redis.Redis(port=port) as client:
+            assert client.get("ring:config") is None  # neither run recorded a ring
+            assert client.hgetall("poll:{p}") == {b"A": b"1"}
+    finally:
+        node.stop()

@@ -9,6 +9,8 @@ Which nodes it starts:
   this machine (`localhost`, `127.0.0.1`, `[::1]`) is started on its port; a node elsewhere
   is used as it is. Empty: the in-memory store, no node.
 `make run CLUSTER=1`: a Redis Cluster of three masters on 7100-7102 instead (`.data/cluster`).
+`make rebalance ARGS=--dry-run` starts the same nodes for `app/rebalance.py`, then stops them
+(the command wants no instance running, so `make run` is stopped and so are its nodes).
 
 A start that cannot go on (a bad setting, a port in use, a node that does not come up, a
 refusal of the service's own) is one line on stderr and a non-zero exit, with every node
@@ -18,9 +20,11 @@ it started stopped again.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from urllib.parse import unquote
 
+from app import rebalance as rebalance_command
 from app.cli import serve
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.nodes import LOOPBACK_HOSTS, NodeSpec, split_url
@@ -79,35 +83,55 @@ def run_on_cluster(port: int) -> None:
         print("cluster stopped")
 
 
-def main() -> None:
-    port = int(os.environ.get("PORT", "8000"))
-    if port_in_use(port):
-        raise SystemExit(
-            f"make run: port {port} is already in use; stop what listens there, or set PORT"
-        )
-    if os.environ.get("CLUSTER", "") not in ("", "0"):
-        return run_on_cluster(port)
-    os.environ.setdefault("JOURNAL_DIR", str(DATA_DIR / "journal"))
-    os.environ.setdefault("JOURNAL_FSYNC", "everysec")
+def start_nodes(settings: Settings, started: list[tuple[str, LocalNode]]) -> None:
+    """Start the local nodes the settings name (ring and retiring), appending each to
+    `started` as it comes up, so the caller stops them whatever happens next."""
+    for spec in [*settings.nodes, *settings.retiring_nodes]:
+        node = local_node(spec)
+        if node is None:
+            print(f"node {spec.label} at {spec.safe_url}: not on this machine, used as it is")
+            continue
+        try:
+            started.append((spec.label, node.start()))
+        except RuntimeError as exc:
+            raise SystemExit(f"make run: node {spec.label}: {exc}") from None
+        print(f"node {spec.label} listening on {spec.safe_url} (data in {node.data_dir})")
+
+
+def node_settings() -> Settings:
+    """The settings, with `REDIS_NODES` filled in from `NODES` when the user set none."""
     settings = settings_or_exit()
     if "redis_nodes" in settings.model_fields_set:
         if os.environ.get("NODES"):
             print("NODES is not used: REDIS_NODES names the nodes")
-    else:
-        os.environ["REDIS_NODES"] = default_nodes(os.environ.get("NODES") or "2")
-        settings = settings_or_exit()
+        return settings
+    os.environ["REDIS_NODES"] = default_nodes(os.environ.get("NODES") or "2")
+    return settings_or_exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`make run`; `make rebalance ARGS=...` is `main(["rebalance", ...])`: the same nodes,
+    started for the command (`app/rebalance.py`) alone, then stopped."""
+    argv = sys.argv[1:] if argv is None else argv
+    rebalance = argv[:1] == ["rebalance"]
+    port = int(os.environ.get("PORT", "8000"))
+    if not rebalance and port_in_use(port):
+        raise SystemExit(
+            f"make run: port {port} is already in use; stop what listens there, or set PORT"
+        )
+    if os.environ.get("CLUSTER", "") not in ("", "0"):
+        if rebalance:  # nothing of ours to move on a cluster: the command says so
+            os.environ["REDIS_CLUSTER_URL"] = f"redis://127.0.0.1:{CLUSTER_PORTS[0]}"
+            return rebalance_command.main(argv[1:])
+        return run_on_cluster(port)
+    os.environ.setdefault("JOURNAL_DIR", str(DATA_DIR / "journal"))
+    os.environ.setdefault("JOURNAL_FSYNC", "everysec")
+    settings = node_settings()
     started: list[tuple[str, LocalNode]] = []
     try:
-        for spec in [*settings.nodes, *settings.retiring_nodes]:
-            node = local_node(spec)
-            if node is None:
-                print(f"node {spec.label} at {spec.safe_url}: not on this machine, used as it is")
-                continue
-            try:
-                started.append((spec.label, node.start()))
-            except RuntimeError as exc:
-                raise SystemExit(f"make run: node {spec.label}: {exc}") from None
-            print(f"node {spec.label} listening on {spec.safe_url} (data in {node.data_dir})")
+        start_nodes(settings, started)
+        if rebalance:
+            return rebalance_command.main(argv[1:])
         if not settings.nodes:
             print("no nodes: the in-memory store (REDIS_NODES is empty)")
         print(f"service on http://127.0.0.1:{port}  (docs: http://127.0.0.1:{port}/docs)")
