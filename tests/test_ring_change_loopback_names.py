@@ -20,7 +20,7 @@ def test_loopback_names_and_the_default_port_are_one_identity() -> None:
     same = ["redis://localhost:7000", "redis://127.0.0.1:7000", "redis://[::1]:7000"]
     assert {server_identity(url) for url in same} == {"redis://127.0.0.1:7000"}
     assert server_identity("redis://LocalHost") == server_identity("redis://127.0.0.1:6379")
-    assert server_identity("redis://u:***@localhost:1") == "redis://u:***@127.0.0.1:1"
+    assert server_identity("redis://u:***@localhost:1") == "redis://127.0.0.1:1"
     others = ["redis://127.0.0.2:7000", "rediss://127.0.0.1:7000", "redis://127.0.0.1:7001"]
     assert len({server_identity(url) for url in [same[0], *others]}) == 4
 
