@@ -19,10 +19,11 @@ from app.api.deadlines import BodyDeadlines, BodyTimeout
 from app.api.fast_path import FastPath
 from app.api.handlers import timeout_reply
 from app.api.metrics import metrics_registry, metrics_route
+from app.api.refusals import OneLineRefusals, settings_or_exit
 from app.api.responses import to_response
 from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
-from app.core.config import Settings, load_settings
+from app.core.config import Settings
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
 from app.services.live_results import LiveResults
@@ -104,6 +105,21 @@ def build_journal(settings: Settings) -> Journal | None:
     return Journal(Path(settings.journal_dir), settings.journal_fsync)
 
 
+async def _warn_unreachable(store: Store) -> None:
+    """A start with nodes that do not answer serves anyway (votes for known options are
+    held for them): say so as a WARNING naming them, not in INFO lines alone."""
+    reachable = await store.ping()
+    down = [f"{label}={url}" for label, url in store.describe() if not reachable.get(label)]
+    if down:
+        some = f"{len(down)} of {len(reachable)} nodes not"
+        logger.warning(
+            "started with %s reachable: %s; votes for them are held (up to the backlog cap) "
+            "until they answer",
+            "no node" if len(down) == len(reachable) else some,
+            ", ".join(down),
+        )
+
+
 def _configure_logging(debug: bool) -> None:
     app_logger = logging.getLogger("app")
     app_logger.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -132,7 +148,7 @@ async def _body_timeout(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> FastAPI | FastPath:
     """The ASGI app uvicorn runs: the API, behind the fast path unless that is turned off."""
-    settings = settings or load_settings()
+    settings = settings or settings_or_exit()  # uvicorn's factory: a bad setting is one line
     api = create_api(settings)
     return FastPath(api, settings.api_prefix) if settings.fast_vote_path else api
 
@@ -151,6 +167,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: sum(live.reads.values())
         await service.start()
+        await _warn_unreachable(service.store)
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
             "started: nodes %s; batch every %ss; cache %ss",
@@ -178,6 +195,7 @@ def create_api(settings: Settings) -> FastAPI:
         redirect_slashes=False,  # `/vote/` is no route: 404, not a redirect to one
         exception_handlers={RequestValidationError: _validation_error, BodyTimeout: _body_timeout},
     )
+    app.add_middleware(OneLineRefusals)  # a start-up refusal is one line, not a traceback
     app.state.settings = settings
     app.state.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
     registry, app.state.metrics = metrics_registry(app.state)

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_are_the_final_stage() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert [(n.label, n.url) for n in settings.nodes] == [
-        ("redis_7000", "redis://localhost:7000"),
-        ("redis_7001", "redis://localhost:7001"),
+        ("redis_7000", "redis://127.0.0.1:7000"),
+        ("redis_7001", "redis://127.0.0.1:7001"),
     ]
     assert settings.virtual_nodes == 100
     assert settings.batch_interval_seconds == 10

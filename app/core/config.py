@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.nodes import NodeSpec, parse_cluster_url, parse_nodes
 
-DEFAULT_NODES = "redis://localhost:7000,redis://localhost:7001"
+DEFAULT_NODES = "redis://127.0.0.1:7000,redis://127.0.0.1:7001"
 
 
 class SettingsError(Exception):

@@ -68,7 +68,6 @@ class Startup:
     async def check_nodes(self) -> None:
         """Refuse to start on a node whose eviction policy could remove counts or marks.
         A node that is down now is checked by the flusher before its first batch."""
-        down = []
         for node in self.store.nodes:
             try:
                 await self.store.check_node(node)
@@ -76,15 +75,7 @@ class Startup:
             except NodeMisconfigured:
                 raise
             except NodeUnavailable:
-                down.append(node)
-        if down:
-            logger.warning(
-                "start: node(s) %s not reachable; votes for their polls are held (and "
-                "journaled) until they are",
-                ", ".join(
-                    f"{label}={url}" for label, url in self.store.describe() if label in down
-                ),
-            )
+                continue  # app/main.py names it in a WARNING once started
 
     async def ring_records(self, mover: Mover) -> Records:
         """Each node's recorded ring and `ring:moving` marker (or why it could not be read).
