@@ -4,11 +4,14 @@ take votes, and counts that an earlier split left on a non-owner are found and m
 from __future__ import annotations
 
 import asyncio
+import time
 
+import httpx
 import pytest
 import redis
 
 from app.devtools.local_nodes import LocalNode
+from app.devtools.uvicorn_process import UvicornProcess
 from app.services.errors import RebalanceBlocked, ShuttingDown
 from app.services.health_report import health_report
 from app.services.polling_service import PollingService
@@ -151,3 +154,32 @@ async def test_a_restart_with_the_same_ring_recorded_scans_nothing(
         assert again.migration is not None and not again.migration.active
     finally:
         await again.stop()
+
+
+def test_two_service_processes_started_at_once_with_different_rings_one_refuses(
+    start_node: NodeFactory,
+) -> None:
+    """The same race between two real processes (uvicorn): the loser says why in one line
+    and exits non-zero; the winner serves."""
+    nodes = [start_node(), start_node(), start_node()]
+    rings = [nodes[:2], nodes]
+    env = {"BATCH_INTERVAL_SECONDS": "0.2", "RING_LEASE_SECONDS": "1"}
+    processes = [
+        UvicornProcess(env={**env, "REDIS_NODES": ",".join(n.url for n in ring)}) for ring in rings
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while all(p.process.poll() is None for p in processes):
+            assert time.monotonic() < deadline, "neither start was refused"
+            time.sleep(0.05)
+        loser = next(p for p in processes if p.process.poll() is not None)
+        winner = next(p for p in processes if p is not loser)
+        printed = loser.finish()
+        assert loser.process.returncode != 0
+        assert "Traceback" not in printed
+        assert len([line for line in printed.splitlines() if "another ring" in line]) == 1
+        winner.wait_ready()
+        assert httpx.post(f"{winner.url}/api/v1/vote/p", json={"option_id": "A"}).status_code == 200
+    finally:
+        for process in processes:
+            process.kill()
