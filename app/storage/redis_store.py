@@ -33,7 +33,6 @@ from app.storage.idempotency import (
     IDEMPOTENCY_TTL,
     claim_key,
     once_args,
-    today,
 )
 
 logger = logging.getLogger("app.redis_store")
@@ -280,9 +279,9 @@ class ShardedRedisStore:
         markers, all or nothing (a poll's marker may have come with it from another node
         after a ring change: then only the others are applied)."""
         client = self.manager.client(node)
-        pending, day = dict(counts), today()
+        pending = dict(counts)
         while pending:
-            keys, args = once_args(key, fingerprint, pending, day)
+            keys, args = once_args(key, fingerprint, pending)
             reply = await self.call(node, client.eval(APPLY_ONCE, len(keys), *keys, *args))
             if reply[0] != 4:
                 return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
