@@ -23,6 +23,7 @@ from app.services.errors import (
     TooManyOptions,
 )
 from app.services.flusher import Flusher
+from app.services.forgetting import node_memory
 from app.services.journal import Journal, JournalWriteFailed, SealUnit
 from app.services.journal_format import Entry
 from app.services.known_options import KnownOptions
@@ -540,6 +541,7 @@ class PollingService:
             "backlog_cap_pairs": self.max_pending_pairs,
             "error": self.flusher.down.get(label) or self.flusher.unsealed.get(label),
             "set_aside_polls": sorted(self.flusher.set_aside.get(label, ())),
+            **node_memory(self.store, self.flusher, label),
         }
 
     async def health(self, extra_counters: dict[str, int] | None = None) -> dict[str, object]:
@@ -549,7 +551,7 @@ class PollingService:
             self._node_health(label, url, reachable.get(label, False))
             for label, url in self.store.describe()
         ]
-        healthy = all(n["reachable"] and not n["error"] for n in nodes)
+        healthy = all(n["reachable"] and not n["error"] and not n["lost_data"] for n in nodes)
         report: dict[str, object] = {
             "status": "ok" if healthy and not self.flusher.set_aside else "degraded",
             "nodes": nodes,
