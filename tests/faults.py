@@ -108,6 +108,11 @@ class FaultyStore:
     def nodes(self) -> list[str]:
         return self.inner.nodes
 
+    @property
+    def marks_per_node(self) -> bool:
+        """As the store behind it: so its lists are chained to the last confirmed batch."""
+        return bool(getattr(self.inner, "marks_per_node", False))
+
     def node_for(self, poll_id: str) -> str:
         return self.inner.node_for(poll_id)
 

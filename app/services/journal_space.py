@@ -102,7 +102,10 @@ class SealReserve:
         if wanted > self.max_bytes:
             raise JournalFull(f"JOURNAL_MAX_BYTES={self.max_bytes} are held for seals")
         if wanted > self.reserved:
-            self._grow(wanted + self.chunk)
+            try:
+                self._grow(wanted + self.chunk)
+            except JournalFull:
+                self._grow(wanted)  # the disk's last bytes, one record at a time
         self._share[segment] = self._share.get(segment, 0) + share
         self.need = wanted
         return share
