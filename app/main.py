@@ -58,6 +58,7 @@ def build_store(settings: Settings) -> Store:
         settings.redis_timeout_seconds,
         settings.redis_tls_ca_file,
         settings.retiring_nodes,
+        allow_forgetful=settings.allow_nodes_without_persistence,
     )
 
 
@@ -102,7 +103,9 @@ def build_journal(settings: Settings) -> Journal | None:
     left there."""
     if not settings.journal_dir:
         return None
-    return Journal(Path(settings.journal_dir), settings.journal_fsync)
+    return Journal(
+        Path(settings.journal_dir), settings.journal_fsync, max_bytes=settings.journal_max_bytes
+    )
 
 
 async def _warn_unreachable(store: Store) -> None:

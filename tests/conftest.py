@@ -30,15 +30,19 @@ NodeFactory = Callable[..., LocalNode]
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
-    """Start a node on a free port: `start_node()`, `start_node(persist=True)`."""
+    """Start a node on a free port: `start_node()`, `start_node(persist=True)` (its data
+    survives a restart), `start_node(forgetful=True)` (no AOF at all)."""
     nodes: list[LocalNode] = []
 
     def start(
-        persist: bool = False, port: int | None = None, password: str | None = None
+        persist: bool = False,
+        port: int | None = None,
+        password: str | None = None,
+        forgetful: bool = False,
     ) -> LocalNode:
         port = port or free_port()
         data = tmp_path / f"node-{port}" if persist else None
-        node = LocalNode(port, data, password)
+        node = LocalNode(port, data, password, forgetful=forgetful)
         nodes.append(node)
         return node.start()
 

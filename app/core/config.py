@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")
     journal_fsync: Literal["always", "everysec", "off"] = "everysec"
+    allow_nodes_without_persistence: bool = Field(
+        False,
+        description="Accept (with a warning, and in /health) a node that has neither "
+        "appendonly yes nor a replica; by default start-up refuses it.",
+    )
+    journal_max_bytes: int = Field(
+        64 << 20,
+        ge=64 << 10,
+        description="Disk the journal reserves at most for sealing the votes it holds "
+        "(about 2-3 times their records); past it, votes answer 503 (docs/journal-and-clock.md).",
+    )
     debug: bool = False
 
     @field_validator("redis_nodes")

@@ -3,11 +3,23 @@ the buffer, the cache, counters, the move after a ring change, and the journal."
 
 from __future__ import annotations
 
+from app.services.flusher import Flusher
 from app.services.polling_service import PollingService
 
 # What one held (poll, option) pair costs at most, in the buffer and then in its batch, with
 # 64-character ids and one option per poll (measured: tests/test_memory_caps.py).
 BYTES_PER_PAIR = 550
+
+
+def node_memory(store: object, flusher: Flusher, node: str) -> dict[str, object]:
+    """A node's part of `/health` about forgetting: `lost_data` (null, or what it lost)
+    and `forgets` (why it would lose everything on a restart, when that was accepted)."""
+    loss = flusher.losses.losses.get(node)
+    forgetful: dict[str, str] = getattr(store, "forgetful", {})
+    return {
+        "lost_data": loss.describe() if loss is not None else None,
+        "forgets": forgetful.get(node),
+    }
 
 
 def node_health(
@@ -26,6 +38,7 @@ def node_health(
         "backlog_cap_pairs": service.max_pending_pairs,
         "error": flusher.down.get(label) or flusher.unsealed.get(label),
         "set_aside_polls": sorted(flusher.set_aside.get(label, ())),
+        **node_memory(service.store, flusher, label),
     }
 
 
@@ -39,7 +52,7 @@ async def health_report(
         node_health(service, label, url, reachable.get(label, False))
         for label, url in service.store.describe()
     ]
-    healthy = all(n["reachable"] and not n["error"] for n in nodes)
+    healthy = all(n["reachable"] and not n["error"] and not n["lost_data"] for n in nodes)
     report: dict[str, object] = {
         "status": "ok"
         if healthy and not flusher.set_aside and not service.ring_lost

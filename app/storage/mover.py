@@ -351,7 +351,9 @@ class Mover:
         self, source: str, polls: list[str], adhoc: bool, defined: bool, markers: bool
     ) -> list[Staged]:
         pipe = self.client(source).pipeline(transaction=False)
-        day = idem.today()
+        # The markers' days are the node's (its TIME), as APPLY_ONCE names them.
+        seconds, _ = await self.run(source, "time", self.client(source).time())
+        day = idem.today(seconds)
         plan: list[tuple[str, bool]] = []  # (poll, resume only)
         # MOVING_KEY's value, set with each new record: the ring and the retiring nodes, so a
         # later start knows every node this move may have left polls on.
