@@ -71,6 +71,8 @@ class LocalNginx:
 
     def command(self, *extra: str) -> list[str]:
         main = f"pid {self.folder}/nginx.pid; daemon off;"
+        if os.geteuid() == 0:  # as root (CI), workers would run as nobody, who cannot
+            main += " user root;"  # write bodies to temp files under pytest's 0700 folders
         error_log = str(self.folder / "error.log")
         return [
             *[self.binary, "-c", str(self.config), "-p", str(self.folder), "-e", error_log],
