@@ -19,7 +19,7 @@ from app.storage.moves import RING_KEY, ring_config
 from app.storage.ring_lease import LEASES_KEY, SERVED_KEY, RingLease
 from tests.conftest import NodeFactory
 from tests.faults import abandon
-from tests.test_review_moves import counts_on, find_poll, make_service
+from tests.ring_helpers import counts_on, find_poll, make_service
 
 
 async def wait_for(condition: object, seconds: float = 30.0) -> None:
