@@ -36,7 +36,7 @@ def routes_text(shipped: str, upstreams: list[str]) -> str:
 
 
 class LocalPushpin:
-    def __init__(self, folder: Path, upstreams: list[str], grip_key: str) -> None:
+    def __init__(self, folder: Path, grip_key: str) -> None:
         if PUSHPIN is None:
             raise RuntimeError("pushpin is not installed (apt-get install pushpin)")
         self.folder = folder
@@ -48,12 +48,13 @@ class LocalPushpin:
         shipped = (SHIPPED / "pushpin.conf").read_text()
         self.config = folder / "pushpin.conf"
         self.config.write_text(config_text(shipped, folder, self.ports, grip_key))
-        routes = routes_text((SHIPPED / "routes").read_text(), upstreams)
-        (folder / "routes").write_text(routes)
         self.log = folder / "pushpin.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> LocalPushpin:
+    def start(self, upstreams: list[str], timeout: float = 30.0) -> LocalPushpin:
+        """Run it in front of `upstreams` (`host:port` of the service instances)."""
+        routes = routes_text((SHIPPED / "routes").read_text(), upstreams)
+        (self.folder / "routes").write_text(routes)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(PUSHPIN), "--config", str(self.config), "--merge-output"],
