@@ -136,3 +136,45 @@ async def test_a_thousand_subscribers_through_pushpin_get_every_state_once_from_
     for got in streams[1:]:
         assert ids_of(got[0]) == states  # every state, in order, once, the final one last
         assert got[0].rstrip().endswith('"final":true,"served_via":"redis"}')
+
+
+async def test_the_publisher_stops_once_nobody_watches_and_unsigned_streams_are_direct(
+    start_node: NodeFactory,
+    start_service: Callable[..., ServiceProcess],
+    pushpins: Callable[[], LocalPushpin],
+) -> None:
+    node = start_node()
+    edge = pushpins()
+    env = service_env(node.url, [edge.publish_url], PUSHPIN_WATCH_SECONDS="2")
+    service = start_service(env)
+    edge.start([f"127.0.0.1:{service.port}"])
+    lease = "grip:{idle}:adhoc:lease"
+    store = redis.Redis(port=node.port)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Unsigned (or wrongly signed) requests are streamed by the service itself.
+            direct = f"{service.url}/api/v1/results/idle/stream"
+            headers = {"grip-sig": "not.a.valid-signature"}
+            async with client.stream("GET", direct, headers=headers) as reply:
+                assert reply.status_code == 200 and "grip-hold" not in reply.headers
+                async for chunk in reply.aiter_text():
+                    assert chunk.startswith("id: ")
+                    break
+            assert not store.exists(lease)  # no publisher for a direct stream
+
+            got = [""]
+            task = asyncio.create_task(
+                subscribe(client, edge.url + "/api/v1/results/idle/stream", got)
+            )
+            await until(lambda: bool(ids_of(got[0])), "the first event")
+            await until(lambda: bool(store.exists(lease)), "a publisher")
+            # While the watcher stays, Pushpin's next-link requests keep the poll watched:
+            # the lease is held for more than twice the watched lease's life.
+            held_until = time.monotonic() + 5
+            while time.monotonic() < held_until:
+                assert store.exists(lease)
+                await asyncio.sleep(0.2)
+            task.cancel()  # the watcher leaves
+            await until(lambda: not store.exists(lease), "the publisher to stop", 20)
+    finally:
+        store.close()
