@@ -150,6 +150,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.read_states = states = ReadStates(settings.results_max_age_seconds)
+        app.state.defined.changed = lambda poll_id: states.forget(f"def:{poll_id}")
         app.state.grip = build_publishers(settings, service.store, states)
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: sum(live.reads.values())

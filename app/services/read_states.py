@@ -46,7 +46,9 @@ class ReadStates:
         self.clock = clock
         self.reads = 0  # reads made, since start
         self._states: OrderedDict[str, ReadState] = OrderedDict()
-        self._reading: dict[str, asyncio.Future[ReadState]] = {}
+        # key -> (the read in flight, the generation it started in)
+        self._reading: dict[str, tuple[asyncio.Future[ReadState], int]] = {}
+        self._generation = 0  # moves on every `forget`: older reads are not stored or joined
 
     def __len__(self) -> int:
         return len(self._states)
@@ -56,6 +58,12 @@ class ReadStates:
         if state is not None and self.clock() - state.read_at < self.max_age:
             return state
         return None
+
+    def forget(self, key: str) -> None:
+        """The state changed here: the next request reads it afresh (not joining, nor
+        remembering, a read that started before)."""
+        self._generation += 1
+        self._states.pop(key, None)
 
     def put(self, key: str, snapshot: Snapshot) -> ReadState:
         """Remember a state just read; never one behind the one remembered."""
@@ -76,14 +84,19 @@ class ReadStates:
     async def refresh(self, key: str, reader: Reader) -> ReadState:
         """Read now, or join the read of this poll already in flight. Raises what the
         reader raises (ReadFailed for an answer such as 404 or 503)."""
+        generation = self._generation
         running = self._reading.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
+        if running is not None and running[1] == generation:
+            return await asyncio.shield(running[0])
         future: asyncio.Future[ReadState] = asyncio.get_running_loop().create_future()
-        self._reading[key] = future
+        self._reading[key] = (future, generation)
         try:
             self.reads += 1
-            state = self.put(key, await reader())
+            snapshot = await reader()
+            if generation == self._generation:
+                state = self.put(key, snapshot)
+            else:  # something changed meanwhile: answer it, remember nothing
+                state = ReadState(snapshot, version_of(snapshot), self.clock())
             future.set_result(state)
             return state
         except BaseException as exc:
@@ -91,4 +104,5 @@ class ReadStates:
             future.exception()  # retrieved: no "never retrieved" warning without joiners
             raise
         finally:
-            del self._reading[key]
+            if self._reading.get(key, (None, 0))[0] is future:
+                del self._reading[key]
