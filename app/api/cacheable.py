@@ -9,14 +9,16 @@
   Pushpin publisher's reads, or a results request's), at most `max_age` old, so however many
   requests arrive an instance reads the poll's node at most once per `max_age`.
 
-ETags: a defined poll's is weak, from the state's version (`read_states.version_of`); an
-ad-hoc poll's is a digest of the body, since two instances may show the same total with
-different unflushed votes.
+ETags are weak (equal ETags: the same results, whichever node label `served_via` names): a
+defined poll's is the state's version (`read_states.version_of`); an ad-hoc poll's a digest
+of its counts, since two instances may show the same total with different unflushed votes.
 """
 
 from __future__ import annotations
 
 import hashlib
+
+import msgspec
 
 from app.api import defined, handlers
 from app.api.handlers import Headers, Reply, invalid_reply, rejected_reply
@@ -66,7 +68,9 @@ async def adhoc_results(
     reply = await handlers.results(service, poll_id)
     if reply[0] != 200:
         return no_store(reply)
-    etag = b'"%s"' % hashlib.blake2b(reply[1], digest_size=12).hexdigest().encode()
+    payload = msgspec.json.decode(reply[1])
+    counts = msgspec.json.encode([sorted(payload["results"].items()), payload.get("stale")])
+    etag = b'W/"%s"' % hashlib.blake2b(counts, digest_size=12).hexdigest().encode()
     return with_validators(reply, etag, public(max_age), if_none_match)
 
 
