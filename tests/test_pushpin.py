@@ -26,6 +26,7 @@ TOKEN = "organiser-token"
 ORGANISER = {"authorization": f"Bearer {TOKEN}"}
 SUBSCRIBERS = 1000
 ROUNDS = 5
+BATCH = 100  # new streams at a time
 
 
 def ids_of(text: str) -> list[int]:
@@ -112,7 +113,8 @@ async def test_a_thousand_subscribers_through_pushpin_get_every_state_once_from_
                 streams.append([""])
                 url = edges[i % 2].url + path
                 tasks.append(asyncio.create_task(subscribe(client, url, streams[-1])))
-            await until(lambda: all(ids_of(s[0]) for s in streams), "every first event")
+                if len(streams) % BATCH == 1:  # (Pushpin 502s part of a burst of 250)
+                    await until(lambda: all(ids_of(s[0]) for s in streams), "first events")
             assert {ids_of(s[0])[0] for s in streams} == {1}  # 0 votes, open, visible
 
             async with httpx.AsyncClient(timeout=30) as http:
