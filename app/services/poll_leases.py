@@ -19,6 +19,7 @@ from app.storage.defined import NodeClients
 
 NOBODY, FOLLOWER, LEADER = 0, 1, 2
 PUBLISHED_TTL_MS = 24 * 3600 * 1000
+MEMORY_KEYS = 30_000  # MemoryPollLeases prunes expired keys past this many
 
 
 def lease_keys(poll_id: str, kind: str) -> list[str]:
@@ -108,6 +109,9 @@ class MemoryPollLeases:
         return found[0]
 
     def _set(self, key: str, value: str, ttl_ms: int) -> None:
+        if len(self._values) >= MEMORY_KEYS:  # drop what has expired: memory stays bounded
+            now = self.clock()
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
         self._values[key] = (value, self.clock() + ttl_ms / 1000)
 
     async def hold(self, poll_id: str, kind: str, owner: str, ttl_ms: int) -> int:
