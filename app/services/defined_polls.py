@@ -133,6 +133,7 @@ class DefinedPolls:
                 node, _Check(poll_id, DefinedVote(voter, option_id))
             )
         except NodeUnavailable as exc:
+            self.changed(poll_id)  # it may have been counted
             raise unavailable(exc) from exc
         if outcome == "ok":
             self.accepted_votes += 1
@@ -154,6 +155,7 @@ class DefinedPolls:
         try:
             found = await self.store.set_state(poll_id, field, value)
         except NodeUnavailable as exc:
+            self.changed(poll_id)  # it may have been written
             raise unavailable(exc) from exc
         if not found:
             raise PollNotFound(f"poll {poll_id} does not exist")
