@@ -41,20 +41,39 @@ class LocalPushpin:
             raise RuntimeError("pushpin is not installed (apt-get install pushpin)")
         self.folder = folder
         (folder / "run").mkdir(parents=True, exist_ok=True)
-        names = ["http", "publish", "push_in", "push_sub", "command"]
-        self.ports = {name: free_port() for name in names}
-        self.url = f"http://127.0.0.1:{self.ports['http']}"
-        self.publish_url = f"http://127.0.0.1:{self.ports['publish']}/publish/"
-        shipped = (SHIPPED / "pushpin.conf").read_text()
+        self.grip_key = grip_key
         self.config = folder / "pushpin.conf"
-        self.config.write_text(config_text(shipped, folder, self.ports, grip_key))
+        self._choose_ports(keep=set())
         self.log = folder / "pushpin.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def _choose_ports(self, keep: set[str]) -> None:
+        """Free ports for every listener but those in `keep` (already handed out)."""
+        names = ["http", "publish", "push_in", "push_sub", "command"]
+        old = getattr(self, "ports", {})
+        self.ports = {name: old[name] if name in keep else free_port() for name in names}
+        self.url = f"http://127.0.0.1:{self.ports['http']}"
+        self.publish_url = f"http://127.0.0.1:{self.ports['publish']}/publish/"
+        shipped = (SHIPPED / "pushpin.conf").read_text()
+        self.config.write_text(config_text(shipped, self.folder, self.ports, self.grip_key))
+
     def start(self, upstreams: list[str], timeout: float = 30.0) -> LocalPushpin:
-        """Run it in front of `upstreams` (`host:port` of the service instances)."""
+        """Run it in front of `upstreams` (`host:port` of the service instances). A port
+        taken by someone else between choosing and binding: again with other internal ports
+        (the HTTP and publish ports, already handed out, stay)."""
         routes = routes_text((SHIPPED / "routes").read_text(), upstreams)
         (self.folder / "routes").write_text(routes)
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                self.stop()
+                if attempt == 2:
+                    raise
+                self._choose_ports(keep={"http", "publish"})
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> LocalPushpin:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(PUSHPIN), "--config", str(self.config), "--merge-output"],
