@@ -25,9 +25,11 @@ from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
 from app.core.config import Settings
 from app.services.defined_polls import DefinedPolls
+from app.services.grip_setup import build_publishers
 from app.services.journal import Journal
 from app.services.live_results import LiveResults
 from app.services.polling_service import PollingService
+from app.services.read_states import ReadStates
 from app.services.results_cache import ResultsCache
 from app.storage.base import Store
 from app.storage.cluster_store import ClusterRedisStore
@@ -167,6 +169,9 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.defined = build_defined(service)
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
+        app.state.read_states = states = ReadStates(settings.results_max_age_seconds)
+        app.state.defined.changed = lambda poll_id: states.forget(f"def:{poll_id}")
+        app.state.grip = build_publishers(settings, service.store, states)
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: sum(live.reads.values())
         await service.start()
@@ -182,6 +187,8 @@ def create_api(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.live.close()
+            if app.state.grip is not None:
+                await app.state.grip.close()
             if await service.stop():
                 logger.info("stopped: all held votes flushed")
             else:

@@ -12,7 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import defined, handlers
+from app.api import cacheable, defined, handlers
+from app.api.bulk import authorised
 from app.api.deadlines import BodyTimeout
 from app.api.validation import MAX_VOTE_BODY
 
@@ -42,6 +43,8 @@ WANTED_HEADERS = {
     b"cookie",
     b"origin",
     b"host",
+    b"if-none-match",
+    b"authorization",
 }
 
 
@@ -104,11 +107,36 @@ class FastPath:
                 and path.startswith(self.results_prefix)
                 and "/" not in path[len(self.results_prefix) :]  # not .../stream
             ):
-                service = self.api.state.service
-                reply = await handlers.results(service, path[len(self.results_prefix) :])
+                state = self.api.state
+                poll_id = path[len(self.results_prefix) :]
+                max_age = state.settings.results_max_age_seconds
+                inm = _headers(scope).get(b"if-none-match")
+                reply = await cacheable.adhoc_results(state.service, poll_id, max_age, inm)
                 await _send(send, reply)
                 return
+            if (
+                method == "GET"
+                and path.startswith(self.polls_prefix)
+                and path.endswith("/results")
+                and "/" not in path[len(self.polls_prefix) : -len("/results")]
+            ):
+                await _send(send, await self._defined_results(scope, path))
+                return
         await self.api(scope, receive, send)
+
+    async def _defined_results(self, scope: Scope, path: str) -> handlers.Reply:
+        state = self.api.state
+        settings = state.settings
+        headers = _headers(scope)
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        return await cacheable.defined_results(
+            state.defined,
+            state.read_states,
+            path[len(self.polls_prefix) : -len("/results")],
+            authorised(token, _text(headers.get(b"authorization"))),
+            settings.results_max_age_seconds,
+            headers.get(b"if-none-match"),
+        )
 
 
 VOTE_ACCEPTED_HEADERS = [JSON_TYPE, (b"content-length", b"%d" % len(handlers.VOTE_ACCEPTED))]
@@ -116,7 +144,9 @@ VOTE_ACCEPTED_HEADERS = [JSON_TYPE, (b"content-length", b"%d" % len(handlers.VOT
 
 async def _send(send: Any, reply: handlers.Reply) -> None:
     status, body, extra = reply
-    if body is handlers.VOTE_ACCEPTED:
+    if status == 304:
+        headers = extra
+    elif body is handlers.VOTE_ACCEPTED:
         headers = VOTE_ACCEPTED_HEADERS
     else:
         headers = [JSON_TYPE, (b"content-length", b"%d" % len(body)), *extra]

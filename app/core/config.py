@@ -101,6 +101,30 @@ class Settings(BaseSettings):
     stream_interval_seconds: float = Field(
         0.5, gt=0, le=60, description="Most one live results event per poll per this long."
     )
+    results_max_age_seconds: int = Field(
+        1,
+        ge=0,
+        le=3600,
+        description="`Cache-Control: max-age` of public results, and how long an instance "
+        "serves a defined poll's last read state before reading the node again (0: no-cache).",
+    )
+    pushpin_publish_urls: str = Field(
+        "",
+        description="Comma-separated publish URLs of every Pushpin instance "
+        "(`http://pushpin:5561/publish/`); empty: no Pushpin.",
+    )
+    pushpin_grip_key: SecretStr | None = Field(
+        None,
+        description="Pushpin's `sig_key`: a stream request whose Grip-Sig it signed is held by "
+        "Pushpin; unset, every stream is served directly.",
+    )
+    pushpin_watch_seconds: float = Field(
+        60.0,
+        ge=2,
+        le=3600,
+        description="A poll streamed through Pushpin counts as watched this long after the "
+        "last stream request (Pushpin renews it every half of this per connection).",
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")
@@ -142,6 +166,14 @@ class Settings(BaseSettings):
                 raise ValueError("a cluster moves its own slots: leave REDIS_RETIRING_NODES empty")
         return value
 
+    @field_validator("pushpin_publish_urls")
+    @classmethod
+    def _publish_urls_shape(cls, value: str) -> str:
+        for url in (u.strip() for u in value.split(",")):
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL like http://pushpin:5561/publish/")
+        return value
+
     @field_validator("api_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
@@ -150,12 +182,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/', like /api/v1")
         return value
 
-    @field_validator("api_token", "voter_secret")
+    @field_validator("api_token", "voter_secret", "pushpin_grip_key")
     @classmethod
     def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             return None
         return value
+
+    @cached_property
+    def publish_urls(self) -> list[str]:
+        return [url.strip() for url in self.pushpin_publish_urls.split(",") if url.strip()]
 
     @cached_property
     def nodes(self) -> list[NodeSpec]:

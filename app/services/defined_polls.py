@@ -67,6 +67,9 @@ class DefinedPolls:
         self.batcher: NodeBatcher[_Check, str] = NodeBatcher(self._send)
         self.accepted_votes = 0
         self.rejected: Rejections = {}  # the API counts refused votes here
+        # Told the poll id after this instance counted a vote or closed/revealed a poll, so
+        # its remembered results (`ReadStates`) are read afresh: read-your-own-writes.
+        self.changed: Callable[[str], None] = lambda poll_id: None
         self._definitions: OrderedDict[str, PollDefinition] = OrderedDict()
         self._max_definitions = max_definitions
 
@@ -130,9 +133,11 @@ class DefinedPolls:
                 node, _Check(poll_id, DefinedVote(voter, option_id))
             )
         except NodeUnavailable as exc:
+            self.changed(poll_id)  # it may have been counted
             raise unavailable(exc) from exc
         if outcome == "ok":
             self.accepted_votes += 1
+            self.changed(poll_id)
             return
         if outcome == "already_voted":
             raise AlreadyVoted(
@@ -150,9 +155,11 @@ class DefinedPolls:
         try:
             found = await self.store.set_state(poll_id, field, value)
         except NodeUnavailable as exc:
+            self.changed(poll_id)  # it may have been written
             raise unavailable(exc) from exc
         if not found:
             raise PollNotFound(f"poll {poll_id} does not exist")
+        self.changed(poll_id)
         return await self.load(poll_id)
 
     async def close(self, poll_id: str) -> PollRecord:

@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 from fastapi import APIRouter, Request, Response
 
-from app.api import defined
+from app.api import cacheable, defined
 from app.api.bulk import authorised
 from app.api.deps import DefinedDep, SettingsDep
 from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, too_large_reply
@@ -238,9 +238,17 @@ async def reveal_poll(
 async def results(
     poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
 ) -> Response:
-    """Each option's count and `total_votes`, read from the node: exact across instances."""
-    record = await visible_record(poll_id, request, polls, settings)
-    if isinstance(record, Response):
-        return record
-    served_via = polls.store.served_via(poll_id)
-    return to_response(json_reply(200, defined.results_payload(record, served_via)))
+    """Each option's count and `total_votes`, as read from the node at most
+    `RESULTS_MAX_AGE_SECONDS` ago. Public results: `Cache-Control: public, max-age=<n>` and a
+    weak `ETag` from the state's version (304 for a matching `If-None-Match`); hidden ones
+    (the organiser's view) `private, no-store`."""
+    inm = request.headers.get("if-none-match")
+    reply = await cacheable.defined_results(
+        polls,
+        request.app.state.read_states,
+        poll_id,
+        is_organiser(request, settings),
+        settings.results_max_age_seconds,
+        inm.encode("latin-1") if inm else None,
+    )
+    return to_response(reply)

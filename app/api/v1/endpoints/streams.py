@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from app.api import defined, handlers
 from app.api.deps import DefinedDep, ServiceDep, SettingsDep
+from app.api.grip_streams import grip_publishers, grip_stream
 from app.api.handlers import invalid_reply, json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
 from app.api.sse import EventStreamResponse
@@ -160,7 +161,10 @@ async def defined_stream(
     if bad is not None:
         return bad
     read = defined_reader(polls, poll_id)
-    return await _open(live, f"def:{poll_id}", read, is_organiser(request, settings))
+    organiser = is_organiser(request, settings)
+    if (grip := grip_publishers(request)) is not None:  # through Pushpin: held there
+        return await grip_stream(request, grip, f"def:{poll_id}", read, organiser)
+    return await _open(live, f"def:{poll_id}", read, organiser)
 
 
 @router.get(
@@ -169,7 +173,9 @@ async def defined_stream(
     response_class=EventStream,
     responses=stream_responses(ADHOC_EXAMPLE, hidden=False),
 )
-async def adhoc_stream(poll_id: PollId, service: ServiceDep, live: LiveDep) -> Response:
+async def adhoc_stream(
+    poll_id: PollId, request: Request, service: ServiceDep, live: LiveDep
+) -> Response:
     """`text/event-stream`. Each event is a default message: `id: <increasing int>` and
     `data:` one line of JSON, exactly what `GET /results/{poll_id}` answers. One event at once,
     then one whenever the counts change, at most one per `STREAM_INTERVAL_SECONDS`; `: ping`
@@ -177,4 +183,7 @@ async def adhoc_stream(poll_id: PollId, service: ServiceDep, live: LiveDep) -> R
     bad = _bad_id(poll_id)
     if bad is not None:
         return bad
-    return await _open(live, f"adhoc:{poll_id}", adhoc_reader(service, poll_id), organiser=True)
+    read = adhoc_reader(service, poll_id)
+    if (grip := grip_publishers(request)) is not None:  # through Pushpin: held there
+        return await grip_stream(request, grip, f"adhoc:{poll_id}", read, organiser=True)
+    return await _open(live, f"adhoc:{poll_id}", read, organiser=True)

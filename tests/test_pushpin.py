@@ -1,0 +1,182 @@
+"""Live results through Debian's Pushpin, for real: two service instances, each behind its
+own Pushpin, both publishing to both (docs/pushpin-and-cache.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.devtools.local_pushpin import PUSHPIN, LocalPushpin
+from tests.conftest import NodeFactory, ServiceProcess
+from tests.publish_counter import PublishCounter
+
+pytestmark = pytest.mark.skipif(
+    PUSHPIN is None and os.environ.get("CI") != "true", reason="pushpin is not installed"
+)
+GRIP_KEY = "a-grip-key-of-at-least-32-bytes-for-hs256"
+TOKEN = "organiser-token"
+ORGANISER = {"authorization": f"Bearer {TOKEN}"}
+SUBSCRIBERS = 1000
+ROUNDS = 5
+BATCH = 100  # new streams at a time
+
+
+def ids_of(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"(?m)^id: (\d+)$", text)]
+
+
+@pytest.fixture
+def pushpins(tmp_path: Path) -> Iterator[Callable[[], LocalPushpin]]:
+    """Pushpins with their ports chosen, started by `.start(upstreams)`; all stopped after."""
+    started: list[LocalPushpin] = []
+
+    def start() -> LocalPushpin:
+        pushpin = LocalPushpin(tmp_path / f"pushpin-{len(started)}", GRIP_KEY)
+        started.append(pushpin)
+        return pushpin
+
+    yield start
+    for pushpin in started:
+        pushpin.stop()
+
+
+def service_env(node_url: str, publish_urls: list[str], **extra: str) -> dict[str, str]:
+    return {
+        "REDIS_NODES": node_url,
+        "API_TOKEN": TOKEN,
+        "PUSHPIN_GRIP_KEY": GRIP_KEY,
+        "PUSHPIN_PUBLISH_URLS": ",".join(publish_urls),
+        "STREAM_INTERVAL_SECONDS": "0.2",
+        **extra,
+    }
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def subscribe(client: httpx.AsyncClient, url: str, got: list[str]) -> None:
+    """Read one stream to its end; `got[0]` holds what arrived so far."""
+    async with client.stream("GET", url) as reply:
+        assert reply.status_code == 200
+        async for chunk in reply.aiter_text():
+            got[0] += chunk
+
+
+async def test_a_thousand_subscribers_through_pushpin_get_every_state_once_from_two_instances(
+    start_node: NodeFactory,
+    start_service: Callable[..., ServiceProcess],
+    pushpins: Callable[[], LocalPushpin],
+) -> None:
+    node = start_node()
+    edges = [pushpins(), pushpins()]
+    async with (
+        PublishCounter(edges[0].publish_url) as one,
+        PublishCounter(edges[1].publish_url) as two,
+    ):
+        counters = [one, two]
+        env = service_env(node.url, [c.url for c in counters])
+        services = [start_service(env), start_service(env)]
+        for edge, service in zip(edges, services, strict=True):
+            edge.start([f"127.0.0.1:{service.port}"])
+        api = services[0].url + "/api/v1"
+        async with httpx.AsyncClient(timeout=30) as http:
+            poll = {
+                "poll_id": "crowd",
+                "question": "Which?",
+                "options": [{"id": "A", "label": "a"}, {"id": "B", "label": "b"}],
+            }
+            assert (
+                await http.post(f"{api}/polls", json=poll, headers=ORGANISER)
+            ).status_code == 201
+        channel = "poll-def-crowd"
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            # One watcher first, so that the first publish (of the state every later
+            # subscriber starts with) is out before they come.
+            streams: list[list[str]] = [[""]]
+            path = "/api/v1/polls/crowd/stream"
+            tasks = [asyncio.create_task(subscribe(client, edges[0].url + path, streams[0]))]
+            await until(lambda: len(one.ids(channel)) == 1, "the first publish")
+            for i in range(SUBSCRIBERS):
+                streams.append([""])
+                url = edges[i % 2].url + path
+                tasks.append(asyncio.create_task(subscribe(client, url, streams[-1])))
+                if len(streams) % BATCH == 1:  # (Pushpin 502s part of a burst of 250)
+                    await until(lambda: all(ids_of(s[0]) for s in streams), "first events")
+            assert {ids_of(s[0])[0] for s in streams} == {1}  # 0 votes, open, visible
+
+            async with httpx.AsyncClient(timeout=30) as http:
+                for n in range(1, ROUNDS + 1):
+                    vote = f"{services[n % 2].url}/api/v1/polls/crowd/vote"
+                    reply = await http.post(
+                        vote, json={"option_id": "A"}, headers={"x-voter-id": f"v{n}"}
+                    )
+                    assert reply.status_code == 200
+                    await until(lambda n=n: str(4 * n + 1) in one.ids(channel), f"state {n}")
+                close = f"{services[1].url}/api/v1/polls/crowd/close"
+                assert (await http.post(close, headers=ORGANISER)).status_code == 200
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)  # every stream ends (close)
+
+    states = [1] + [4 * n + 1 for n in range(1, ROUNDS + 1)] + [4 * ROUNDS + 3]
+    for counter in counters:  # exactly one publish per state, to each Pushpin
+        assert counter.ids(channel) == [str(v) for v in states] + [f"{states[-1]}-close"]
+    # The first watcher got the state it connected with once more: it was subscribed before
+    # the first publish (docs/pushpin-and-cache.md, "What a subscriber may see").
+    assert ids_of(streams[0][0]) == [1, *states]
+    for got in streams[1:]:
+        assert ids_of(got[0]) == states  # every state, in order, once, the final one last
+        assert got[0].rstrip().endswith('"final":true,"served_via":"redis"}')
+
+
+async def test_the_publisher_stops_once_nobody_watches_and_unsigned_streams_are_direct(
+    start_node: NodeFactory,
+    start_service: Callable[..., ServiceProcess],
+    pushpins: Callable[[], LocalPushpin],
+) -> None:
+    node = start_node()
+    edge = pushpins()
+    env = service_env(node.url, [edge.publish_url], PUSHPIN_WATCH_SECONDS="2")
+    service = start_service(env)
+    edge.start([f"127.0.0.1:{service.port}"])
+    lease = "grip:{idle}:adhoc:lease"
+    store = redis.Redis(port=node.port)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Unsigned (or wrongly signed) requests are streamed by the service itself.
+            direct = f"{service.url}/api/v1/results/idle/stream"
+            headers = {"grip-sig": "not.a.valid-signature"}
+            async with client.stream("GET", direct, headers=headers) as reply:
+                assert reply.status_code == 200 and "grip-hold" not in reply.headers
+                async for chunk in reply.aiter_text():
+                    assert chunk.startswith("id: ")
+                    break
+            assert not store.exists(lease)  # no publisher for a direct stream
+
+            got = [""]
+            task = asyncio.create_task(
+                subscribe(client, edge.url + "/api/v1/results/idle/stream", got)
+            )
+            await until(lambda: bool(ids_of(got[0])), "the first event")
+            await until(lambda: bool(store.exists(lease)), "a publisher")
+            # While the watcher stays, Pushpin's next-link requests keep the poll watched:
+            # the lease is held for more than twice the watched lease's life.
+            held_until = time.monotonic() + 5
+            while time.monotonic() < held_until:
+                assert store.exists(lease)
+                await asyncio.sleep(0.2)
+            task.cancel()  # the watcher leaves
+            await until(lambda: not store.exists(lease), "the publisher to stop", 20)
+    finally:
+        store.close()
