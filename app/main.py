@@ -32,6 +32,7 @@ from app.storage.base import Store
 from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
+from app.storage.durability import DurabilityPolicy
 from app.storage.memory import MemoryStore
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
@@ -47,7 +48,11 @@ for a few seconds. Reads always include votes that are not flushed yet."""
 def build_store(settings: Settings) -> Store:
     if settings.cluster is not None:
         return ClusterRedisStore(
-            settings.cluster, settings.redis_timeout_seconds, settings.redis_tls_ca_file
+            settings.cluster,
+            settings.redis_timeout_seconds,
+            settings.redis_tls_ca_file,
+            seeds=settings.cluster_seeds,
+            durability=DurabilityPolicy(settings.durable_wait_ms, settings.min_replicas_acked),
         )
     if not settings.nodes:
         return MemoryStore()

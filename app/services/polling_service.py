@@ -566,6 +566,9 @@ class PollingService:
                 **(extra_counters or {}),
             },
         }
+        durability = getattr(self.store, "durability", None)  # what the nodes promise
+        if durability is not None:
+            report["durability"] = durability()
         if self.migration is not None:
             report["rebalance"] = self.migration.describe()
         if self.journal is not None:
