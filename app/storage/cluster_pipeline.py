@@ -73,6 +73,16 @@ def command_slot(args: Sequence[Any]) -> int:
     return key_slot(key.encode() if isinstance(key, str) else key)
 
 
+async def drop_closed_links(node: ClusterNode) -> None:
+    """Close the idle connections the server already closed (a killed master's), so the
+    next send opens a new one: refused, the command is `NotSent` for certain; on the old
+    one it would be written to a dead peer and end "maybe ran"."""
+    for connection in list(getattr(node, "_free", ())):
+        reader = getattr(connection, "_reader", None)
+        if reader is not None and reader.at_eof():
+            await connection.disconnect()
+
+
 class MasterPipelines:
     def __init__(
         self,
@@ -202,6 +212,7 @@ class MasterPipelines:
         if promise is not None:
             for args in asks(promise, self.policy):
                 stack.append(PipelineCommand(len(stack), *args))
+        await drop_closed_links(node)
         try:
             await node.execute_pipeline(stack)
         except (*LINK_ERRORS, RedisError, RedisClusterException) as exc:  # raised before replies
