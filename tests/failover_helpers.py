@@ -64,19 +64,8 @@ class LaggingReplicationProxy(Proxy):
                 client_w.write(data)
                 await client_w.drain()
 
-        async def deliver_late() -> None:
-            while True:
-                await arrived.wait()
-                arrived.clear()
-                while late:
-                    due, data = late[0]
-                    if due > time.monotonic():  # the lag itself, not a synchronisation
-                        await asyncio.sleep(due - time.monotonic())
-                    late.popleft()
-                    client_w.write(data)
-                    await client_w.drain()
-
-        tasks = [asyncio.create_task(t()) for t in (to_node, from_node, deliver_late)]
+        tasks = [asyncio.create_task(t()) for t in (to_node, from_node)]
+        tasks.append(asyncio.create_task(self._deliver_late(late, arrived, client_w)))
         self._links.extend(tasks)
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
@@ -84,6 +73,21 @@ class LaggingReplicationProxy(Proxy):
             task.cancel()
         for writer in (client_w, node_w):
             writer.close()
+
+    @staticmethod
+    async def _deliver_late(
+        late: deque[tuple[float, bytes]], arrived: asyncio.Event, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            while late:
+                due, data = late[0]
+                if due > time.monotonic():  # the lag itself, not a synchronisation
+                    await asyncio.sleep(due - time.monotonic())
+                late.popleft()
+                writer.write(data)
+                await writer.drain()
 
     async def stop(self) -> None:
         for task in self._links:
@@ -98,9 +102,7 @@ def slot_owner_port(cluster: LocalCluster, slot: int, observer: LocalNode) -> in
         if node.process is not None and node.process.poll() is None:  # alive
             ids[cluster.node_id(node)] = node.port
     with master(observer) as client:
-        for first, last, (_, _port, node_id, *_), *_ in client.execute_command(
-            "CLUSTER", "SLOTS"
-        ):
+        for first, last, (_, _port, node_id, *_), *_ in client.execute_command("CLUSTER", "SLOTS"):
             if int(first) <= slot <= int(last):
                 return ids[node_id]
     raise LookupError(slot)
@@ -163,7 +165,9 @@ class Load:
 
     def tasks(self) -> list[asyncio.Task[None]]:
         found = [asyncio.create_task(self.adhoc(p)) for p in self.adhoc_polls]
-        found += [asyncio.create_task(self.defined(p, w)) for p in self.defined_polls for w in (1, 2)]
+        found += [
+            asyncio.create_task(self.defined(p, w)) for p in self.defined_polls for w in (1, 2)
+        ]
         return found
 
 
@@ -197,7 +201,10 @@ def exactness(cluster: LocalCluster, load: Load, observer: LocalNode) -> dict[st
     for poll_id in load.adhoc_polls:
         node = every[slot_owner_port(cluster, slot_of(poll_id), observer)]
         with master(node) as client:
-            adhoc[poll_id] = (int(client.hget(poll_key(poll_id), "A") or 0), load.acked.get(poll_id, 0))
+            adhoc[poll_id] = (
+                int(client.hget(poll_key(poll_id), "A") or 0),
+                load.acked.get(poll_id, 0),
+            )
     defined = {}
     for poll_id in load.defined_polls:
         node = every[slot_owner_port(cluster, slot_of(poll_id), observer)]
@@ -218,4 +225,3 @@ def assert_exact(found: dict[str, object]) -> None:
     for poll_id, (total, records, values, answered) in defined.items():
         assert (total, records) == (answered, answered), (poll_id, total, records, answered)
         assert values in ([], ["1"]), (poll_id, values)
-

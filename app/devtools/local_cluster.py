@@ -103,11 +103,8 @@ class LocalCluster:
     def _add_replicas(self, timeout: float) -> None:
         """Start the replicas, meet them, and make each replicate its master; returns once
         every master reports its replicas connected."""
-        index = self.masters
-        for master in list(self.nodes):
-            for _ in range(self.replicas):
-                self.replica_nodes.append(self._start_node(index))
-                index += 1
+        for index in range(self.masters, self.masters * (1 + self.replicas)):
+            self.replica_nodes.append(self._start_node(index))
         with _client(self.nodes[0]) as client:
             for node in self.replica_nodes:
                 bus = node.extra_args[node.extra_args.index("--cluster-port") + 1]
