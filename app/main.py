@@ -62,6 +62,7 @@ def build_store(settings: Settings) -> Store:
         settings.redis_timeout_seconds,
         settings.redis_tls_ca_file,
         settings.retiring_nodes,
+        DurabilityPolicy(settings.durable_wait_ms, settings.min_replicas_acked),
     )
 
 
@@ -86,7 +87,8 @@ def build_service(settings: Settings) -> PollingService:
 def build_defined(service: PollingService) -> DefinedPolls:
     store = service.store
     if isinstance(store, ShardedRedisStore):
-        return DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
+        defined = RedisDefinedStore(store.manager, store.call, store.durable)
+        return DefinedPolls(defined, whole=service.whole)
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())

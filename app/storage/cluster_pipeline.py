@@ -258,8 +258,8 @@ class ClusterClientPipeline:
         self.pipelines = pipelines
         self.commands: list[tuple[Any, ...]] = []
 
-    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> None:
-        self.commands.append(("EVAL", script, numkeys, *keys_and_args))
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         replies = await self.pipelines.run(self.commands, durable=True)

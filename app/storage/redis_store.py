@@ -28,6 +28,7 @@ from app.storage.base import (
     NodeUnavailable,
     Snapshot,
 )
+from app.storage.durability import DurabilityPolicy
 from app.storage.idempotency import (
     APPLY_ONCE_BODY,
     IDEMPOTENCY_TTL,
@@ -35,6 +36,7 @@ from app.storage.idempotency import (
     once_args,
     today,
 )
+from app.storage.ring_durability import RingDurability
 
 logger = logging.getLogger("app.redis_store")
 
@@ -193,8 +195,10 @@ class ShardedRedisStore:
         timeout: float,
         tls_ca_file: str = "",
         retiring: list[NodeSpec] | None = None,
+        durability: DurabilityPolicy | None = None,
     ) -> None:
         self.manager = RedisManager(nodes, virtual_nodes, timeout, tls_ca_file, retiring)
+        self.durable = RingDurability(durability)  # writes wait for WAIT / WAITAOF
 
     @property
     def nodes(self) -> list[str]:
@@ -241,6 +245,7 @@ class ShardedRedisStore:
                 f"maxmemory-policy is {policy}, which can evict counts; "
                 "set maxmemory-policy noeviction",
             )
+        await self.call(node, self.durable.promise(node, client))  # logs a weaker promise
 
     async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         node = self.node_for(poll_id)
@@ -257,12 +262,15 @@ class ShardedRedisStore:
         if not batches:
             return Applied()
         node = batches[0].node
-        pipe = self.manager.client(node).pipeline(transaction=False)
+        commands = []
         for batch in batches:
             keys, args = script_args(batch.counts)
             mark = hwm_key(batch.flusher_id)
-            pipe.eval(APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
-        replies = await self.call(node, pipe.execute())
+            commands.append(
+                ("EVAL", APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
+            )
+        client = self.manager.client(node)
+        replies = await self.call(node, self.durable.run(node, client, commands))
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier batch
             spec = self.manager.spec(node)
             raise NodeUnavailable(node, spec.safe_url, "an earlier batch has not landed")
@@ -271,8 +279,8 @@ class ShardedRedisStore:
     async def apply_now(self, node: str, counts: Counts) -> Applied:
         keys, args = script_args(counts)
         client = self.manager.client(node)
-        script = client.eval(APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args)
-        reply = await self.call(node, script)
+        script = ("EVAL", APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args)
+        [reply] = await self.call(node, self.durable.run(node, client, [script]))
         return Applied(set_aside([reply]))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
@@ -283,7 +291,8 @@ class ShardedRedisStore:
         pending, day = dict(counts), today()
         while pending:
             keys, args = once_args(key, fingerprint, pending, day)
-            reply = await self.call(node, client.eval(APPLY_ONCE, len(keys), *keys, *args))
+            script = ("EVAL", APPLY_ONCE, len(keys), *keys, *args)
+            [reply] = await self.call(node, self.durable.run(node, client, [script]))
             if reply[0] != 4:
                 return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
             marked = {list(pending)[int(i)] for i in reply[1:]}
@@ -334,3 +343,7 @@ class ShardedRedisStore:
 
     def describe(self) -> list[tuple[str, str]]:
         return [(label, spec.safe_url) for label, spec in self.manager.specs.items()]
+
+    def durability(self) -> dict[str, object]:
+        """For /health: what each node promises, and what it cannot."""
+        return self.durable.describe()
