@@ -135,6 +135,11 @@ async def kill_under_load(
         await await_until(lambda: not service.flusher.in_flight, "the held batches landed")
         await service.flusher.drain(10)
         wrong = await revote_all(load)
+        # only now the first /health: the promoted master, left without a replica, serves
+        # with the weaker promise and says so
+        health = (await client.get("/api/v1/health")).json()
+        promoted_entry = health["durability"]["servers"][f"127.0.0.1:{replica.port}"]
+        assert any("no replica" in why for why in promoted_entry["weaker"]), promoted_entry
         # a new instance starts with the same seeds, the dead one first, and serves
         async with running_app(app_settings(seeds)) as (second, _):
             r = await second.post(
@@ -193,6 +198,42 @@ async def test_a_master_whose_replica_lags_killed_under_load_loses_nothing_ackno
     print(f"lagging replica: back after promotion {back * 1000:.0f} ms; answers {load.answers}")
     assert_exact(found)
     assert not wrong, f"voters counted twice: {wrong}"
+
+
+async def test_min_replicas_holds_batches_a_master_cannot_replicate_and_health_says_why(
+    clusters: dict[str, LocalCluster],
+) -> None:
+    """MIN_REPLICAS_ACKED=1 on masters without replicas: an ad-hoc vote is acknowledged
+    (buffered) but its batch stays held, never released as landed; a defined vote answers
+    503 `outcome_unknown` (it ran; it is not durable), and so does its voter's retry (the
+    node found the voter: counted once, but that answer is not durable either); /health names the weaker promises (no AOF, the wait's reason)."""
+    cluster = clusters["partial"]
+    node = cluster.nodes[0]
+    poll_id, defined_id = poll_on(cluster, node, "mr"), poll_on(cluster, node, "md")
+    strict = app_settings(
+        [node], min_replicas_acked=1, durable_wait_seconds=0.05, shutdown_flush_seconds=0
+    )
+    async with running_app(app_settings([node])) as (client, _):
+        await create_defined(client, defined_id)
+    async with running_app(strict) as (client, service):
+        r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+        assert r.status_code == 200, r.text
+        await service.flusher.flush()
+        held = service.flusher.in_flight_votes()
+        why = service.flusher.down.get("cluster", "")
+        voter = {"X-Voter-Id": "strict"}
+        path = f"/api/v1/polls/{defined_id}/vote"
+        first = await client.post(path, json={"option_id": "A"}, headers=voter)
+        again = await client.post(path, json={"option_id": "A"}, headers=voter)
+        health = (await client.get("/api/v1/health")).json()
+    assert held == 1 and "0 of 1 replicas" in why, (held, why)
+    assert (first.status_code, first.json()["type"]) == (503, "outcome_unknown"), first.text
+    assert (again.status_code, again.json()["type"]) == (503, "outcome_unknown"), again.text
+    with master(node) as client_:  # stored once: the retry found the voter and added nothing
+        assert client_.hget(f"def:{{{defined_id}}}", "total") == "1"
+    servers = health["durability"]["servers"]
+    assert health["durability"]["min_replicas_acked"] == 1
+    assert all(any("no AOF" in w for w in s["weaker"]) for s in servers.values()), servers
 
 
 async def test_one_pipeline_over_a_dead_and_a_live_master_answers_what_each_part_did(

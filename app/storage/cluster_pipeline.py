@@ -37,6 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.storage.defined import READ_ONLY_SCRIPTS
 from app.storage.durability import DurabilityPolicy, ServerPromise, asks, judge, promise_from_info
 from app.storage.redis_store import reached_node
 
@@ -244,7 +245,8 @@ class ClusterClient:
         return reply
 
     async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return await self._one(("EVAL", script, numkeys, *keys_and_args), durable=True)
+        durable = script not in READ_ONLY_SCRIPTS  # a read waits for nothing
+        return await self._one(("EVAL", script, numkeys, *keys_and_args), durable)
 
     async def lrange(self, key: str, start: int, end: int) -> Any:
         return await self._one(("LRANGE", key, start, end), durable=False)

@@ -40,7 +40,13 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from app.core.nodes import NodeSpec, split_url
 from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
-from app.storage.cluster_pipeline import ClusterClient, MasterPipelines, maybe_ran
+from app.storage.cluster_pipeline import (
+    ClusterClient,
+    MasterPipelines,
+    NotDurable,
+    NotSent,
+    maybe_ran,
+)
 from app.storage.durability import DurabilityPolicy, weaker
 from app.storage.idempotency import IDEMPOTENCY_TTL, claim_key, once_args, today
 from app.storage.redis_store import (
@@ -200,7 +206,8 @@ class ClusterRedisStore:
             self._refreshed_at = time.monotonic()
 
     def _unavailable(self, exc: BaseException) -> NodeUnavailable:
-        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
+        said = isinstance(exc, ResponseError | NotDurable | NotSent)  # text without passwords
+        reason = f"{type(exc).__name__}: {exc}" if said else ""
         return NodeUnavailable(
             LABEL, self.spec.safe_url, reason or type(exc).__name__, maybe_applied=maybe_ran(exc)
         )

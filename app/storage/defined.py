@@ -168,6 +168,8 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
         tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
+READ_ONLY_SCRIPTS = (READ,)  # scripts that write nothing: no durability wait
+
 # KEYS[1] = the definition; ARGV = field, value, ... Only if it exists.
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -269,7 +271,7 @@ class RedisDefinedStore:
     async def _eval(self, poll_id: str, script: str, keys: list[str], *args: str) -> Any:
         node = self.node_for(poll_id)
         client = self.manager.client(node)
-        if self.durable is not None:
+        if self.durable is not None and script not in READ_ONLY_SCRIPTS:
             command = ("EVAL", script, len(keys), *keys, *args)
             [reply] = await self.call(node, self.durable.run(node, client, [command]))
             return reply

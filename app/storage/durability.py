@@ -20,7 +20,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DurabilityPolicy:
-    wait_ms: int = 1000  # how long one WAIT / WAITAOF may block (below the socket timeout)
+    wait_ms: int = 1000  # how long one WAIT / WAITAOF may block; 0: never asked (weaker)
     min_replicas: int = 0  # replicas that must acknowledge, even when fewer are connected
 
 
@@ -52,6 +52,8 @@ def promise_from_info(info: dict[str, Any]) -> ServerPromise:
 
 def asks(promise: ServerPromise, policy: DurabilityPolicy) -> list[tuple[Any, ...]]:
     """The commands to append to a pipeline of writes; `judge` reads their replies."""
+    if policy.wait_ms <= 0:
+        return []
     wanted = max(promise.replicas, policy.min_replicas)
     commands: list[tuple[Any, ...]] = [("WAIT", wanted, policy.wait_ms)]
     if promise.aof and promise.waitaof:
@@ -63,6 +65,8 @@ def asks(promise: ServerPromise, policy: DurabilityPolicy) -> list[tuple[Any, ..
 def judge(replies: list[Any], promise: ServerPromise, policy: DurabilityPolicy) -> str | None:
     """None when the writes before `asks()`'s commands are durable; else why not. Learns
     the replicas connected now (`ROLE`), for the next round trip's WAIT."""
+    if policy.wait_ms <= 0:
+        return None
     for reply in replies:
         if isinstance(reply, Exception):
             return f"durability not confirmed: {type(reply).__name__}: {reply}"
@@ -88,6 +92,10 @@ def weaker(promise: ServerPromise, policy: DurabilityPolicy) -> list[str]:
     if not promise.probed:
         return ["not checked yet (the server has not answered)"]
     found = []
+    if policy.wait_ms <= 0:
+        found.append(
+            "DURABLE_WAIT_SECONDS=0: writes count once the server ran them, not once durable"
+        )
     if not promise.aof:
         found.append("no AOF (appendonly no): a restart loses what no replica holds")
     elif not promise.waitaof:

@@ -36,7 +36,7 @@ from app.storage.idempotency import (
     once_args,
     today,
 )
-from app.storage.ring_durability import RingDurability
+from app.storage.ring_durability import NotDurable, RingDurability
 
 logger = logging.getLogger("app.redis_store")
 
@@ -219,7 +219,8 @@ class ShardedRedisStore:
             return await operation
         except (TimeoutError, RedisError, OSError) as exc:
             spec = self.manager.spec(node)
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
+            said = isinstance(exc, ResponseError | NotDurable)  # text without passwords
+            reason = f"{type(exc).__name__}: {exc}" if said else ""
             raise NodeUnavailable(
                 node,
                 spec.safe_url,
