@@ -206,7 +206,8 @@ async def test_min_replicas_holds_batches_a_master_cannot_replicate_and_health_s
     """MIN_REPLICAS_ACKED=1 on masters without replicas: an ad-hoc vote is acknowledged
     (buffered) but its batch stays held, never released as landed; a defined vote answers
     503 `outcome_unknown` (it ran; it is not durable), and so does its voter's retry (the
-    node found the voter: counted once, but that answer is not durable either); /health names the weaker promises (no AOF, the wait's reason)."""
+    node found the voter: counted once, but that answer is not durable either); /health
+    names the weaker promises (no AOF, the wait's reason)."""
     cluster = clusters["partial"]
     node = cluster.nodes[0]
     poll_id, defined_id = poll_on(cluster, node, "mr"), poll_on(cluster, node, "md")
