@@ -39,12 +39,13 @@ def port_in_use(port: int) -> bool:
 @dataclass
 class LocalNode:
     """One server on 127.0.0.1. With `data_dir` it keeps an append-only file there
-    (fsync every second); without, it keeps nothing on disk."""
+    (fsync every second, or as `appendfsync` says); without, it keeps nothing on disk."""
 
     port: int
     data_dir: Path | None = None
     password: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    appendfsync: str = "everysec"  # with `data_dir`
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -58,7 +59,7 @@ class LocalNode:
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes"]
-            args += ["--appendfsync", "everysec"]
+            args += ["--appendfsync", self.appendfsync]
         else:
             args += ["--appendonly", "no"]
         if self.password:

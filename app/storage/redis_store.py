@@ -90,13 +90,19 @@ end
 
 # A batch. KEYS[1] = the flusher's mark (unused when seq is 0: write-through);
 # ARGV[1] = seq, ARGV[2] = prev. Replies {1, polls set aside...}, or {0}: not yet (prev).
+# A batch already applied rewrites its mark: a write, so the WAIT / WAITAOF after it on this
+# connection (durability.py) covers it, and with it the first application, earlier in the
+# same replication stream and AOF (a WAIT only covers its own connection's writes).
 APPLY = (
     ADD_COUNTS
     + """
 local seq = tonumber(ARGV[1])
 if seq > 0 then
   local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if seq <= mark then return {1} end
+  if seq <= mark then
+    redis.call('SET', KEYS[1], mark)
+    return {1}
+  end
   if tonumber(ARGV[2]) > mark then return {0} end
 end
 local reply = add_counts({1})
