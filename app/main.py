@@ -35,6 +35,7 @@ from app.storage.base import Store
 from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
+from app.storage.durability import DurabilityPolicy
 from app.storage.memory import MemoryStore
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
@@ -50,7 +51,11 @@ for a few seconds. Reads always include votes that are not flushed yet."""
 def build_store(settings: Settings) -> Store:
     if settings.cluster is not None:
         return ClusterRedisStore(
-            settings.cluster, settings.redis_timeout_seconds, settings.redis_tls_ca_file
+            settings.cluster,
+            settings.redis_timeout_seconds,
+            settings.redis_tls_ca_file,
+            seeds=settings.cluster_seeds,
+            durability=DurabilityPolicy(settings.durable_wait_ms, settings.min_replicas_acked),
         )
     if not settings.nodes:
         return MemoryStore()
@@ -60,6 +65,7 @@ def build_store(settings: Settings) -> Store:
         settings.redis_timeout_seconds,
         settings.redis_tls_ca_file,
         settings.retiring_nodes,
+        DurabilityPolicy(settings.durable_wait_ms, settings.min_replicas_acked),
         allow_forgetful=settings.allow_nodes_without_persistence,
     )
 
@@ -86,7 +92,8 @@ def build_service(settings: Settings) -> PollingService:
 def build_defined(service: PollingService) -> DefinedPolls:
     store = service.store
     if isinstance(store, ShardedRedisStore):
-        return DefinedPolls(RedisDefinedStore(store.manager, store.call), whole=service.whole)
+        defined = RedisDefinedStore(store.manager, store.call, store.durable)
+        return DefinedPolls(defined, whole=service.whole)
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())

@@ -6,8 +6,9 @@ medians and ratios. The service's defined-poll vote takes its turn beside its ad
 a node of its own measures what a defined poll's voter costs in memory; last, the live
 results fan-out (bench/fanout.py): subscribers held on one worker; then how far apart two
 instances' answers are (bench/instances.py); then the Redis Cluster store beside the sharded
-store, and two workers on the cluster with the counts check (bench/cluster.py); last, the time
-to move 100,000 polls after a third node joins (bench/migrate.py). Writes results.md,
+store, and two workers on the cluster with the counts check (bench/cluster.py); what waiting
+for durability (WAIT / WAITAOF) costs on a cluster with replicas (bench/durability.py);
+last, the time to move 100,000 polls after a third node joins (bench/migrate.py). Writes results.md,
 results.json and chart.png to bench/results/.
 """
 
@@ -28,7 +29,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import cluster, defined, fanout, instances, migrate
+from bench import cluster, defined, durability, fanout, instances, migrate
 from bench.alone import TOKEN, log
 from bench.wrk import WrkResult, run_wrk
 
@@ -174,6 +175,7 @@ def main() -> None:
         fanned = fanout.measure(nodes[:2], TOKEN, log)
         apart = instances.measure(nodes[:2], TOKEN, log)
         clustered = cluster.measure(log)
+        durable = durability.measure(log)  # a cluster with replicas of its own
         migrated = migrate.measure(log)  # three nodes of its own
     finally:
         for process in processes:
@@ -201,6 +203,7 @@ def main() -> None:
     report["fanout"] = fanned
     report["instances"] = apart
     report["cluster"] = clustered
+    report["durability"] = durable
     report["migrate"] = migrated
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
@@ -362,6 +365,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", *instances.markdown(r["instances"])]
     if "cluster" in r:
         lines += ["", *cluster.markdown(r["cluster"])]
+    if "durability" in r:
+        lines += ["", *durability.markdown(r["durability"])]
     if "migrate" in r:
         lines += ["", *migrate.markdown(r["migrate"])]
     return "\n".join(lines) + "\n"

@@ -42,7 +42,9 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
     ) -> LocalNode:
         port = port or free_port()
         data = tmp_path / f"node-{port}" if persist else None
-        node = LocalNode(port, data, password, forgetful=forgetful)
+        # Every write fsynced: the service's WAITAOF then answers at once (with everysec
+        # it waits for the next second's fsync); a kill -9 loses nothing either way.
+        node = LocalNode(port, data, password, forgetful=forgetful, appendfsync="always")
         nodes.append(node)
         return node.start()
 

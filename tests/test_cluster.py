@@ -215,9 +215,13 @@ async def test_start_refuses_a_master_that_can_evict(fresh: LocalCluster) -> Non
             client.config_set("maxmemory-policy", "noeviction")
 
 
-def test_cluster_url_takes_one_url_and_no_retiring_nodes() -> None:
+def test_cluster_url_takes_seed_urls_and_no_retiring_nodes() -> None:
+    from app.core.config import SettingsError, load_settings
+
+    seeds = load_settings(redis_cluster_url="redis://a:1, redis://b:2").cluster_seeds
+    assert [s.url for s in seeds] == ["redis://a:1", "redis://b:2"]
     with pytest.raises(SettingsError, match="REDIS_CLUSTER_URL"):
-        load_settings(redis_cluster_url="redis://a:1,redis://b:2")
+        load_settings(redis_cluster_url="redis://a:1,redis://u:pw@b:2")  # one user for all
     with pytest.raises(SettingsError, match="REDIS_CLUSTER_URL"):
         load_settings(redis_cluster_url="c=redis://a:1")
     assert load_settings(redis_cluster_url="redis://a:1").cluster is not None

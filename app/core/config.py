@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.core.nodes import NodeSpec, parse_cluster_url, parse_nodes
+from app.core.nodes import NodeSpec, parse_cluster_urls, parse_nodes
 
 DEFAULT_NODES = "redis://127.0.0.1:7000,redis://127.0.0.1:7001"
 
@@ -40,8 +40,26 @@ class Settings(BaseSettings):
     redis_cluster_url: str = Field(
         "",
         repr=False,
-        description="One master of a Redis Cluster (`redis://host:port`): the cluster's slots "
-        "shard the polls instead of our ring, and REDIS_NODES is not used.",
+        description="Seed nodes of a Redis Cluster, comma-separated (`redis://host:port,...`): "
+        "the cluster's slots shard the polls instead of our ring, and REDIS_NODES is not used. "
+        "Any one seed may be down at start.",
+    )
+    min_replicas_acked: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Replicas that must acknowledge a write before it counts as durable (as "
+        "Kafka's min.insync.replicas): batches wait below it. Every connected replica is "
+        "always waited for; 0 lets a server with none keep serving (a weaker promise).",
+    )
+    durable_wait_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=30,
+        description="How long one WAIT / WAITAOF may block a round trip; an unconfirmed "
+        "batch stays held and is confirmed by a later one. Kept below REDIS_TIMEOUT_SECONDS. "
+        "0 never waits: a write counts once the server ran it (a weaker promise, said so in "
+        "/health; the benchmark's reference).",
     )
     virtual_nodes: int = Field(100, ge=1, le=10_000)
     rebalance_batch: int = Field(
@@ -161,7 +179,7 @@ class Settings(BaseSettings):
     @classmethod
     def _cluster_parse(cls, value: str, info: ValidationInfo) -> str:
         if value.strip():
-            parse_cluster_url(value)
+            parse_cluster_urls(value)
             if str(info.data.get("redis_retiring_nodes", "")).strip():
                 raise ValueError("a cluster moves its own slots: leave REDIS_RETIRING_NODES empty")
         return value
@@ -201,10 +219,24 @@ class Settings(BaseSettings):
 
     @cached_property
     def cluster(self) -> NodeSpec | None:
-        """The cluster to use instead of the ring, when REDIS_CLUSTER_URL is set."""
+        """The cluster to use instead of the ring, when REDIS_CLUSTER_URL is set (its first
+        seed; `cluster_seeds` has them all)."""
+        seeds = self.cluster_seeds
+        return seeds[0] if seeds else None
+
+    @cached_property
+    def cluster_seeds(self) -> list[NodeSpec]:
         if not self.redis_cluster_url.strip():
-            return None
-        return parse_cluster_url(self.redis_cluster_url)
+            return []
+        return parse_cluster_urls(self.redis_cluster_url)
+
+    @cached_property
+    def durable_wait_ms(self) -> int:
+        """WAIT's timeout: the setting, but at most half the socket timeout (a WAIT that
+        outlasts the socket would fail the whole round trip)."""
+        if self.durable_wait_seconds == 0:
+            return 0
+        return max(1, int(1000 * min(self.durable_wait_seconds, self.redis_timeout_seconds / 2)))
 
     @cached_property
     def retiring_nodes(self) -> list[NodeSpec]:

@@ -167,8 +167,28 @@ def parse_nodes(raw: str) -> list[NodeSpec]:
     return nodes
 
 
+def parse_cluster_urls(raw: str) -> list[NodeSpec]:
+    """`REDIS_CLUSTER_URL`: comma-separated seed URLs (any of them may be down at start),
+    each as `parse_cluster_url` takes it, with one scheme, user and password for all."""
+    entries = [e.strip() for e in raw.split(",") if e.strip()]
+    if not entries:
+        raise ValueError("no seed URL given")
+    seeds = []
+    for position, entry in enumerate(entries, 1):
+        try:
+            seeds.append(parse_cluster_url(entry))
+        except ValueError as exc:
+            raise ValueError(f"seed {position}: {exc}") from None
+    first = split_url(entries[0])
+    for position, entry in enumerate(entries[1:], 2):
+        other = split_url(entry)
+        if (other.scheme.lower(), other.userinfo) != (first.scheme.lower(), first.userinfo):
+            raise ValueError(f"seed {position}: every seed takes the first one's scheme and user")
+    return seeds
+
+
 def parse_cluster_url(raw: str) -> NodeSpec:
-    """`REDIS_CLUSTER_URL`: one master's URL, database 0, nothing after the port."""
+    """One seed of `REDIS_CLUSTER_URL`: a node's URL, database 0, nothing after the port."""
     url = split_url(raw.strip())
     if url.problem:
         raise ValueError(url.problem)

@@ -26,12 +26,17 @@ def _client(node: LocalNode) -> redis.Redis:
 
 @dataclass
 class LocalCluster:
-    """`masters` servers with cluster mode on, the slots split evenly between them."""
+    """`masters` servers with cluster mode on, the slots split evenly between them; with
+    `replicas`, that many replicas of each master (`CLUSTER REPLICATE`), kept apart in
+    `replica_nodes` (`nodes` are the masters as started)."""
 
     masters: int = 3
     data_dir: Path | None = None
     ports: list[int] = field(default_factory=list)  # empty: free ports, bus ports too
     nodes: list[LocalNode] = field(default_factory=list)
+    replicas: int = 0
+    node_timeout_ms: int = 5000
+    replica_nodes: list[LocalNode] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list, repr=False)  # removed by stop()
 
     @property
@@ -47,6 +52,8 @@ class LocalCluster:
                 self._assign_slots()
                 self._meet()
             self.wait_ok(timeout)
+            if self.replicas and not self.replica_nodes:
+                self._add_replicas(timeout)
         except BaseException:
             self.stop()
             raise
@@ -59,11 +66,15 @@ class LocalCluster:
             self.scratch.append(folder_made)
         config_dir = folder or folder_made
         config_dir.mkdir(parents=True, exist_ok=True)
-        port = self.ports[index] if self.ports else free_port()
-        bus = port + 10000 if self.ports else free_port()
+        fixed = index < len(self.ports)
+        port = self.ports[index] if fixed else free_port()
+        bus = port + 10000 if fixed else free_port()
         args = ["--cluster-enabled", "yes", "--cluster-port", str(bus)]
         args += ["--cluster-config-file", str(config_dir.resolve() / "nodes.conf")]
-        args += ["--cluster-node-timeout", "5000", "--maxmemory-policy", "noeviction"]
+        args += ["--cluster-node-timeout", str(self.node_timeout_ms)]
+        args += ["--maxmemory-policy", "noeviction"]
+        if folder is None:  # a replica's full sync writes an RDB file: not in our cwd
+            args += ["--dir", str(config_dir.resolve())]
         node = LocalNode(port, folder, extra_args=args)
         self.nodes.append(node)  # stopped by stop() even if it fails to start
         node.start()
@@ -89,6 +100,44 @@ class LocalCluster:
                 bus = node.extra_args[node.extra_args.index("--cluster-port") + 1]
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
 
+    def _add_replicas(self, timeout: float) -> None:
+        """Start the replicas, meet them, and make each replicate its master; returns once
+        every master reports its replicas connected."""
+        for index in range(self.masters, self.masters * (1 + self.replicas)):
+            self.replica_nodes.append(self._start_node(index))
+        with _client(self.nodes[0]) as client:
+            for node in self.replica_nodes:
+                bus = node.extra_args[node.extra_args.index("--cluster-port") + 1]
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+        self.wait_ok(timeout)
+        ids = [self.node_id(m) for m in self.nodes]
+        for n, node in enumerate(self.replica_nodes):
+            with _client(node) as client:
+                client.execute_command("CLUSTER", "REPLICATE", ids[n // self.replicas])
+        deadline = time.monotonic() + timeout
+        while not all(self._replicated(m) for m in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replicas did not connect in {timeout}s")
+            time.sleep(0.05)
+
+    def _replicated(self, master: LocalNode) -> bool:
+        """Its replicas are online and every master's slot map lists them."""
+        with _client(master) as client:
+            role = client.execute_command("ROLE")
+        if len(role[2]) < self.replicas:
+            return False
+        master_id = self.node_id(master)
+        for node in self.nodes:
+            with _client(node) as client:
+                lines = self._node_lines(client)
+            if sum(1 for line in lines if line[3] == master_id) < self.replicas:
+                return False
+        return True
+
+    def replica_of(self, master: LocalNode) -> LocalNode:
+        """The (first) replica started for `master`."""
+        return self.replica_nodes[self.nodes.index(master) * self.replicas]
+
     def wait_ok(self, timeout: float) -> None:
         """Until every master reports `cluster_state:ok` and knows every other master."""
         deadline = time.monotonic() + timeout
@@ -104,7 +153,7 @@ class LocalCluster:
             info = client.execute_command("CLUSTER", "INFO")
             text = info if isinstance(info, str) else str(info)
             known = len(self._node_lines(client))
-        return "cluster_state:ok" in text and known == len(self.nodes)
+        return "cluster_state:ok" in text and known == len(self.nodes) + len(self.replica_nodes)
 
     @staticmethod
     def _node_lines(client: redis.Redis) -> list[list[str]]:
@@ -153,7 +202,7 @@ class LocalCluster:
         return moved
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replica_nodes]:
             node.kill()
         for folder in self.scratch:
             shutil.rmtree(folder, ignore_errors=True)

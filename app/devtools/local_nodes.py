@@ -39,16 +39,17 @@ def port_in_use(port: int) -> bool:
 
 @dataclass
 class LocalNode:
-    """One server on 127.0.0.1, with an append-only file (fsync every second): in `data_dir`,
-    kept across restarts; without it, in a scratch folder made fresh at each start (so a
-    restart comes back empty). `forgetful` runs it with no persistence at all
-    (`--appendonly no`), which the service refuses unless told to accept it."""
+    """One server on 127.0.0.1, with an append-only file (fsync every second, or as
+    `appendfsync` says): in `data_dir`, kept across restarts; without it, in a scratch folder
+    made fresh at each start (so a restart comes back empty). `forgetful` runs it with no
+    persistence at all (`--appendonly no`), which the service refuses unless told to accept it."""
 
     port: int
     data_dir: Path | None = None
     password: str | None = None
     extra_args: list[str] = field(default_factory=list)
     forgetful: bool = False
+    appendfsync: str = "everysec"
     scratch: Path | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -66,7 +67,7 @@ class LocalNode:
             folder = self.data_dir or self._fresh_scratch()
             folder.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(folder.resolve()), "--appendonly", "yes"]
-            args += ["--appendfsync", "everysec"]
+            args += ["--appendfsync", self.appendfsync]
         if self.password:
             args += ["--requirepass", self.password]
         return args + self.extra_args

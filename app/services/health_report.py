@@ -73,6 +73,9 @@ async def health_report(
     }
     if service.ring_lost is not None:
         report["ring_lost"] = service.ring_lost
+    durability = getattr(service.store, "durability", None)  # what the nodes promise
+    if durability is not None:
+        report["durability"] = durability()
     if service.migration is not None:
         report["rebalance"] = service.migration.describe()
     if service.journal is not None:

@@ -11,9 +11,17 @@ TRYAGAIN while a slot migrates):
 - each part carries `prev`, the seq of the same flusher's last part for that slot earlier in
   the same list, so a part that failed is never overtaken there;
 - an Idempotency-Key's markers are kept per poll (`poll:{<id>}:once:<day>`), so in its slot.
-A batch is confirmed when every part is stored. A read returns the slot's mark raised to the
-highest seq this process had confirmed before the read began (all of it was stored then).
+A batch is confirmed when every part is stored and durable (app/storage/durability.py).
+Every command goes through `MasterPipelines` (one pipeline per master, each command's own
+outcome; the slot map relearnt after a MOVED or a connection error, and every
+`REFRESH_SECONDS`), so a failed master holds only its own slots' parts. A read returns the
+slot's mark raised to the highest seq this process had confirmed before the read began
+(all of it was stored then).
 Keys move with their slot when an operator reshards (`MIGRATE` moves marks with counts).
+
+Long because every store operation (batches, write-through, keyed and defined votes, reads,
+options, claims) needs its own per-slot split and outcome mapping; the routing and the
+durability wait are modules of their own (cluster_pipeline.py, durability.py).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from functools import cache
 from itertools import count
@@ -33,8 +42,16 @@ from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from app.core.nodes import NodeSpec
+from app.core.nodes import NodeSpec, split_url
 from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
+from app.storage.cluster_pipeline import (
+    ClusterClient,
+    MasterPipelines,
+    NotDurable,
+    NotSent,
+    maybe_ran,
+)
+from app.storage.durability import DurabilityPolicy, weaker
 from app.storage.idempotency import IDEMPOTENCY_TTL, claim_key, once_args
 from app.storage.redis_store import (
     APPLY,
@@ -45,7 +62,6 @@ from app.storage.redis_store import (
     aside_key,
     options_key,
     poll_key,
-    reached_node,
     script_args,
     set_aside,
     to_counts,
@@ -59,6 +75,7 @@ LABEL = "cluster"  # the one logical node the service sees
 # and (redis-py 8.1) AttributeError when ASK names a master it has not met yet.
 CLIENT_ERRORS = (TimeoutError, RedisError, RedisClusterException, OSError, AttributeError)
 OUTCOMES = {1: "applied", 2: "replayed", 3: "reused"}
+REFRESH_SECONDS = 2.0  # the slot map is relearnt at least this often
 
 
 @cache
@@ -98,9 +115,19 @@ def by_slot(counts: Counts) -> dict[int, Counts]:
 class ClusterRedisStore:
     """The `Store` on a Redis Cluster; also the node clients the defined-poll store uses."""
 
-    def __init__(self, spec: NodeSpec, timeout: float, tls_ca_file: str = "") -> None:
+    def __init__(
+        self,
+        spec: NodeSpec,
+        timeout: float,
+        tls_ca_file: str = "",
+        seeds: list[NodeSpec] | None = None,
+        durability: DurabilityPolicy | None = None,
+    ) -> None:
         self.spec = spec
         options: dict[str, Any] = {}
+        others = [split_url(seed.url) for seed in (seeds or [])[1:]]
+        if others:  # the first seed's URL gives the options; any seed may answer first
+            options["startup_nodes"] = [ClusterNode(u.host, int(u.port or 6379)) for u in others]
         if spec.tls and tls_ca_file:
             options["ssl_ca_certs"] = tls_ca_file
         # No retry after a timeout or a lost connection: a script sent before it may still
@@ -116,6 +143,11 @@ class ClusterRedisStore:
             **options,
         )
         self.confirmed: dict[str, int] = {}  # flusher id -> highest seq confirmed stored
+        self.policy = durability or DurabilityPolicy()
+        self.pipelines = MasterPipelines(self.cluster, self.policy, self._refresh)
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
+        self._refresher: asyncio.Task[None] | None = None
 
     # -- what the service and the defined-poll store ask of a store ------------------------
 
@@ -126,8 +158,8 @@ class ClusterRedisStore:
     def node_for(self, poll_id: str) -> str:
         return LABEL
 
-    def client(self, label: str) -> RedisCluster:
-        return self.cluster
+    def client(self, label: str) -> ClusterClient:
+        return ClusterClient(self.pipelines)
 
     def served_via(self, poll_id: str) -> str:
         """The master serving the poll's slot as this client last learned it."""
@@ -144,8 +176,18 @@ class ClusterRedisStore:
         except CLIENT_ERRORS as exc:  # start anyway; the flusher retries
             reason = type(exc).__name__
             logger.warning("cluster %s is not reachable yet: %s", self.spec.safe_url, reason)
+        self._refresher = asyncio.create_task(self._refresh_often(), name="cluster slot map")
+
+    async def _refresh_often(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            await self._refresh()
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         await self.cluster.aclose()
 
     async def call(self, node: str, operation: Awaitable[T]) -> T:
@@ -158,13 +200,20 @@ class ClusterRedisStore:
             raise self._unavailable(exc) from exc
 
     async def _refresh(self) -> None:
-        with contextlib.suppress(*CLIENT_ERRORS):  # the next call tries again
-            await self.cluster.nodes_manager.initialize()
+        """Relearn the slot map; callers that asked while one was under way share it."""
+        asked = time.monotonic()
+        async with self._refresh_lock:
+            if self._refreshed_at >= asked:
+                return
+            with contextlib.suppress(*CLIENT_ERRORS):  # the next call tries again
+                await self.cluster.nodes_manager.initialize()
+            self._refreshed_at = time.monotonic()
 
     def _unavailable(self, exc: BaseException) -> NodeUnavailable:
-        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
+        said = isinstance(exc, ResponseError | NotDurable | NotSent)  # text without passwords
+        reason = f"{type(exc).__name__}: {exc}" if said else ""
         return NodeUnavailable(
-            LABEL, self.spec.safe_url, reason or type(exc).__name__, maybe_applied=reached_node(exc)
+            LABEL, self.spec.safe_url, reason or type(exc).__name__, maybe_applied=maybe_ran(exc)
         )
 
     def _primaries(self) -> list[ClusterNode]:
@@ -192,6 +241,7 @@ class ClusterRedisStore:
                     f"master {master.name}: maxmemory-policy is {policy}, which can evict "
                     "counts; set maxmemory-policy noeviction",
                 )
+        await self.learn_durability()
 
     async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         slot = slot_of(poll_id)
@@ -207,28 +257,24 @@ class ClusterRedisStore:
         }
         return Snapshot(counts, applied, via=self.served_via(poll_id))
 
-    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pipe = self.cluster.pipeline()
-        for args in commands:
-            pipe.execute_command(*args)
-        replies: list[Any] = await self.call(LABEL, pipe.execute(raise_on_error=False))
-        return replies
-
-    async def _run(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
-        """Commands in one pipeline (the client groups them by master). Scripts go by SHA;
-        a master that does not know one (new, or restarted) gets them all, and only the
-        commands it refused are sent again, so nothing runs twice."""
+    async def _run(self, commands: Iterable[tuple[Any, ...]], durable: bool = False) -> list[Any]:
+        """Commands in one pipeline per master. Scripts go by SHA; a master that does not
+        know one (new, or restarted) gets them all, and only the commands it refused are
+        sent again, so nothing runs twice. If any part failed: NodeUnavailable, which says
+        "maybe applied" when any part ran or may have run."""
         todo = list(commands)
-        replies = await self._pipeline(todo)
+        replies = await self.pipelines.run(todo, durable)
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if refused:
             await self._load_scripts()
-            again = await self._pipeline([todo[i] for i in refused])
+            again = await self.pipelines.run([todo[i] for i in refused], durable)
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise self._unavailable(reply) from reply
+        failed = [reply for reply in replies if isinstance(reply, Exception)]
+        if failed:
+            error = self._unavailable(failed[0])
+            error.maybe_applied = len(failed) < len(replies) or any(map(maybe_ran, failed))
+            raise error from failed[0]
         return replies
 
     async def _load_scripts(self) -> None:
@@ -249,7 +295,7 @@ class ClusterRedisStore:
                 commands.append(
                     ("EVALSHA", sha(APPLY), len(keys) + 1, mark, *keys, batch.seq, prev, *args)
                 )
-        replies = await self._run(commands)
+        replies = await self._run(commands, durable=True)
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier part
             raise NodeUnavailable(LABEL, self.spec.safe_url, "an earlier batch has not landed")
         for batch in batches:
@@ -264,7 +310,7 @@ class ClusterRedisStore:
         for part in by_slot(counts).values():
             keys, args = script_args(part)
             commands.append(("EVALSHA", sha(APPLY), len(keys) + 1, keys[0], *keys, 0, 0, *args))
-        return Applied(set_aside(await self._run(commands)))
+        return Applied(set_aside(await self._run(commands, durable=True)))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
         """The sharded store's per-poll markers (`poll:{id}:once:<day>`, in the poll's slot),
@@ -278,7 +324,7 @@ class ClusterRedisStore:
                 keys, args = once_args(key, fingerprint, pending[slot])
                 commands.append(("EVALSHA", sha(APPLY_ONCE), len(keys), *keys, *args))
             again: dict[int, Counts] = {}
-            for slot, reply in zip(slots, await self._run(commands), strict=True):
+            for slot, reply in zip(slots, await self._run(commands, durable=True), strict=True):
                 if reply[0] != 4:
                     outcomes.add(OUTCOMES[reply[0]])
                     continue
@@ -292,12 +338,11 @@ class ClusterRedisStore:
         return "replayed"
 
     async def claim(self, key: str, fingerprint: str) -> str:
-        claimed = await self.call(
-            LABEL, self.cluster.set(claim_key(key), fingerprint, nx=True, ex=IDEMPOTENCY_TTL)
-        )
+        claim = ("SET", claim_key(key), fingerprint, "NX", "EX", IDEMPOTENCY_TTL)
+        [claimed] = await self._run([claim])
         if claimed:
             return "claimed"
-        found = await self.call(LABEL, self.cluster.get(claim_key(key)))
+        [found] = await self._run([("GET", claim_key(key))])
         return "same" if found == fingerprint else "reused"
 
     async def register_options(
@@ -349,3 +394,29 @@ class ClusterRedisStore:
 
     def describe(self) -> list[tuple[str, str]]:
         return [(LABEL, self.spec.safe_url)]
+
+    async def learn_durability(self) -> None:
+        """Ask every master what it can promise (at start); logs each weaker promise."""
+        for master in self._primaries():
+            with contextlib.suppress(*CLIENT_ERRORS):
+                found = await self.pipelines.promise(master)
+                for why in weaker(found, self.policy):
+                    logger.warning("cluster master %s: weaker durability: %s", master.name, why)
+
+    def durability(self) -> dict[str, object]:
+        """For /health: the policy, and per master what it promises and what it cannot."""
+        masters = {m.name for m in self._primaries()}
+        return {
+            "wait_ms": self.policy.wait_ms,
+            "min_replicas_acked": self.policy.min_replicas,
+            "servers": {
+                name: {
+                    "replicas_connected": p.replicas,
+                    "aof": p.aof,
+                    "waitaof": p.waitaof,
+                    "weaker": weaker(p, self.policy),
+                }
+                for name, p in sorted(self.pipelines.promises.items())
+                if name in masters
+            },
+        }

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from app.storage.base import NodeUnavailable
+from app.storage.ring_durability import RingDurability
 
 T = TypeVar("T")
 
@@ -167,6 +168,8 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
         tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
+READ_ONLY_SCRIPTS = (READ,)  # scripts that write nothing: no durability wait
+
 # KEYS[1] = the definition; ARGV = field, value, ... Only if it exists.
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -249,10 +252,15 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
 
 class RedisDefinedStore:
     def __init__(
-        self, manager: NodeClients, call: Callable[[str, Awaitable[Any]], Awaitable[Any]]
+        self,
+        manager: NodeClients,
+        call: Callable[[str, Awaitable[Any]], Awaitable[Any]],
+        durable: RingDurability | None = None,
     ) -> None:
         self.manager = manager
         self.call = call
+        # On our ring, writes wait until durable (a cluster's clients do it themselves).
+        self.durable = durable
 
     def node_for(self, poll_id: str) -> str:
         return self.manager.node_for(poll_id)
@@ -263,6 +271,10 @@ class RedisDefinedStore:
     async def _eval(self, poll_id: str, script: str, keys: list[str], *args: str) -> Any:
         node = self.node_for(poll_id)
         client = self.manager.client(node)
+        if self.durable is not None and script not in READ_ONLY_SCRIPTS:
+            command = ("EVAL", script, len(keys), *keys, *args)
+            [reply] = await self.call(node, self.durable.run(node, client, [command]))
+            return reply
         return await self.call(node, client.eval(script, len(keys), *keys, *args))
 
     async def create(self, definition: PollDefinition) -> bool:
@@ -286,14 +298,22 @@ class RedisDefinedStore:
     async def vote_many(
         self, node: str, polls: dict[str, list[DefinedVote]]
     ) -> dict[str, list[str] | NodeUnavailable]:
-        pipe = self.manager.client(node).pipeline(transaction=False)
+        client = self.manager.client(node)
+        commands = []
         for poll_id, votes in polls.items():
             keys = [def_key(poll_id), counts_key(poll_id), voters_key(poll_id)]
             args = [x for v in votes for x in (v.voter, v.option_id)]
-            pipe.eval(VOTE, len(keys), *keys, *args)
+            commands.append(("EVAL", VOTE, len(keys), *keys, *args))
         # Each poll's script stands alone: one that failed (a slot moving, on a cluster)
         # fails that poll's votes only, never the others' answers.
-        replies = await self.call(node, pipe.execute(raise_on_error=False))
+        if self.durable is not None:
+            sent = self.durable.run(node, client, commands, raise_on_error=False)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            sent = pipe.execute(raise_on_error=False)
+        replies = await self.call(node, sent)
         found: dict[str, list[str] | NodeUnavailable] = {}
         for (poll_id, votes), reply in zip(polls.items(), replies, strict=True):
             if isinstance(reply, Exception):

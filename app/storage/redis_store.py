@@ -29,6 +29,7 @@ from app.storage.base import (
     NodeUnavailable,
     Snapshot,
 )
+from app.storage.durability import DurabilityPolicy
 from app.storage.idempotency import (
     APPLY_ONCE_BODY,
     IDEMPOTENCY_TTL,
@@ -36,6 +37,7 @@ from app.storage.idempotency import (
     once_args,
 )
 from app.storage.persistence import forgetful_reason
+from app.storage.ring_durability import NotDurable, RingDurability
 
 logger = logging.getLogger("app.redis_store")
 
@@ -89,14 +91,20 @@ end
 
 # A batch. KEYS[1] = the flusher's mark (unused when seq is 0: write-through);
 # ARGV[1] = seq, ARGV[2] = prev. Replies {1, polls set aside...}, or {0, mark}: not yet
-# (prev is above the mark).
+# (prev is above the mark). A batch already applied rewrites its mark: a write, so the WAIT /
+# WAITAOF after it on this connection (durability.py) covers it, and with it the first
+# application, earlier in the same replication stream and AOF (a WAIT only covers its own
+# connection's writes).
 APPLY = (
     ADD_COUNTS
     + """
 local seq = tonumber(ARGV[1])
 if seq > 0 then
   local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if seq <= mark then return {1} end
+  if seq <= mark then
+    redis.call('SET', KEYS[1], mark)
+    return {1}
+  end
   if tonumber(ARGV[2]) > mark then return {0, mark} end
 end
 local reply = add_counts({1})
@@ -209,9 +217,11 @@ class ShardedRedisStore:
         timeout: float,
         tls_ca_file: str = "",
         retiring: list[NodeSpec] | None = None,
+        durability: DurabilityPolicy | None = None,
         allow_forgetful: bool = False,
     ) -> None:
         self.manager = RedisManager(nodes, virtual_nodes, timeout, tls_ca_file, retiring)
+        self.durable = RingDurability(durability)  # writes wait for WAIT / WAITAOF
         self.allow_forgetful = allow_forgetful  # a node with no AOF and no replica: warn only
         self.forgetful: dict[str, str] = {}  # node -> why it forgets (accepted, in /health)
         self.marks_per_node = True  # a flusher's mark here is its last batch to this node
@@ -235,7 +245,8 @@ class ShardedRedisStore:
             return await operation
         except (TimeoutError, RedisError, OSError) as exc:
             spec = self.manager.spec(node)
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ResponseError) else ""
+            said = isinstance(exc, ResponseError | NotDurable)  # text without passwords
+            reason = f"{type(exc).__name__}: {exc}" if said else ""
             raise NodeUnavailable(
                 node,
                 spec.safe_url,
@@ -269,6 +280,7 @@ class ShardedRedisStore:
         elif node not in self.forgetful:
             logger.warning("node %s: %s", node, reason)
             self.forgetful[node] = reason
+        await self.call(node, self.durable.promise(node, client))  # logs a weaker promise
 
     async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         node = self.node_for(poll_id)
@@ -285,12 +297,15 @@ class ShardedRedisStore:
         if not batches:
             return Applied()
         node = batches[0].node
-        pipe = self.manager.client(node).pipeline(transaction=False)
+        commands = []
         for batch in batches:
             keys, args = script_args(batch.counts)
             mark = hwm_key(batch.flusher_id)
-            pipe.eval(APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
-        replies = await self.call(node, pipe.execute())
+            commands.append(
+                ("EVAL", APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
+            )
+        client = self.manager.client(node)
+        replies = await self.call(node, self.durable.run(node, client, commands))
         behind = first_refused(batches, replies)
         if behind:  # the node lost batches it had confirmed (app/services/forgetting.py)
             raise MarksBehind(node, self.manager.spec(node).safe_url, behind)
@@ -302,8 +317,8 @@ class ShardedRedisStore:
     async def apply_now(self, node: str, counts: Counts) -> Applied:
         keys, args = script_args(counts)
         client = self.manager.client(node)
-        script = client.eval(APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args)
-        reply = await self.call(node, script)
+        script = ("EVAL", APPLY, len(keys) + 1, keys[0], *keys, 0, 0, *args)
+        [reply] = await self.call(node, self.durable.run(node, client, [script]))
         return Applied(set_aside([reply]))
 
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
@@ -314,7 +329,8 @@ class ShardedRedisStore:
         pending = dict(counts)
         while pending:
             keys, args = once_args(key, fingerprint, pending)
-            reply = await self.call(node, client.eval(APPLY_ONCE, len(keys), *keys, *args))
+            script = ("EVAL", APPLY_ONCE, len(keys), *keys, *args)
+            [reply] = await self.call(node, self.durable.run(node, client, [script]))
             if reply[0] != 4:
                 return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]
             marked = {list(pending)[int(i)] for i in reply[1:]}
@@ -365,3 +381,7 @@ class ShardedRedisStore:
 
     def describe(self) -> list[tuple[str, str]]:
         return [(label, spec.safe_url) for label, spec in self.manager.specs.items()]
+
+    def durability(self) -> dict[str, object]:
+        """For /health: what each node promises, and what it cannot."""
+        return self.durable.describe()
