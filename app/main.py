@@ -35,7 +35,9 @@ from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
+from app.web import join
 from app.web import routes as web
+from app.web.pages import STATIC_DIR
 
 logger = logging.getLogger("app.main")
 
@@ -182,11 +184,16 @@ def create_api(settings: Settings) -> FastAPI:
     registry, app.state.metrics = metrics_registry(app.state)
     app.router.routes.append(metrics_route(registry))
 
-    @app.get("/", tags=["health"], summary="Liveness")
-    async def root() -> dict[str, str]:
+    @app.get("/", tags=["health"], summary="Liveness", response_model=dict[str, str])
+    async def root(request: Request) -> dict[str, str] | Response:
+        """`{"status": "healthy"}`; a browser (`Accept: text/html`) gets the box to type a
+        join code in instead."""
+        if join.wants_html(request):
+            return join.join_page(request)
         return {"status": "healthy"}
 
     app.include_router(api_router, prefix=settings.api_prefix)
     app.include_router(web.router)  # the pages of the live room
-    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    app.include_router(join.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

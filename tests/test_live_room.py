@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.devtools.local_nodes import LocalNode
+from app.devtools.uvicorn_process import UvicornProcess
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.conftest import ServiceProcess, nodes_setting
 
@@ -22,6 +23,7 @@ ARGS = CHROMIUM_FLAGS
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 TOKEN = "organiser-token"
 PHONE = {"viewport": {"width": 390, "height": 780}, "device_scale_factor": 2, "is_mobile": True}
+OPTIONS = [{"id": "Y", "label": "Yes"}, {"id": "N", "label": "No"}]
 LIVE = 2_000  # ms: the "within 2 s" of the last vote, as the assertion's wait
 
 
@@ -120,8 +122,10 @@ def test_organiser_creates_voters_vote_presenter_shows_live_then_final(
     screenshot(presenter, "presenter_final")
     screenshot(organiser, "organiser")
 
-    vote(pages[2], "Zig")
-    expect(pages[2].locator("#message")).to_have_text("This poll is closed")
+    for page in pages:  # each phone learns it live, without a reload
+        expect(page.locator("#closed")).to_have_text("This poll is closed", timeout=LIVE)
+        expect(page.get_by_role("button", name="Zig", exact=True)).to_be_disabled()
+        expect(page.locator("#results")).to_contain_text("Rust: 1 (33%)")
     for context in voters:
         context.close()
 
@@ -148,7 +152,42 @@ def test_hidden_results_show_on_the_presenter_page_once_revealed(
     item.get_by_role("button", name="Reveal").click()
     expect(presenter.locator("#bars")).to_be_visible(timeout=LIVE)
     expect_counts(presenter, {"A": 0, "B": 1}, 1)
+    # the phone learns of the reveal without a reload (it looks every 3 s while hidden)
+    expect(voter.locator("#results")).to_contain_text("Cake: 1 (100%)", timeout=3_000 + LIVE)
     phone.close()
+
+
+def test_presenter_shows_reconnecting_and_goes_back_to_the_stream_after_a_restart(
+    browser: Browser, two_nodes: list[LocalNode]
+) -> None:
+    env = {"REDIS_NODES": nodes_setting(two_nodes), "API_TOKEN": TOKEN, "VOTER_SECRET": "s"}
+    first = UvicornProcess(env=env).wait_ready()
+    second: UvicornProcess | None = None
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        definition = {"poll_id": "drop", "question": "Still there?", "options": OPTIONS}
+        assert httpx.post(f"{first.url}/api/v1/polls", json=definition, headers=auth).is_success
+        presenter = browser.new_page(base_url=first.url)
+        presenter.goto("/present/drop")
+        expect(presenter.locator("#total")).to_have_text("0")
+        expect(presenter.locator("#connection")).to_be_hidden()
+        first.kill()
+        expect(presenter.locator("#connection")).to_have_text("Reconnecting…", timeout=LIVE)
+        screenshot(presenter, "presenter_reconnecting")
+        second = UvicornProcess(env=env, port=first.port).wait_ready()  # the same address
+        voter = {"X-Voter-Id": "after-the-drop"}
+        vote = httpx.post(
+            f"{second.url}/api/v1/polls/drop/vote", json={"option_id": "Y"}, headers=voter
+        )
+        assert vote.status_code == 200
+        # back on the stream (EventSource's retry, then live.js's back-off of at most 8 s)
+        expect(presenter.locator("#total")).to_have_text("1", timeout=8_000 + LIVE)
+        expect(presenter.locator("#connection")).to_be_hidden()
+        expect(presenter.locator('.bar[data-option="Y"] .percent')).to_have_text("100%")
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
 
 
 def test_voter_page_without_javascript_votes_through_the_plain_form(
