@@ -35,7 +35,7 @@ from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.memory import MemoryStore
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
-from app.web import join
+from app.web import event_pages, join
 from app.web import routes as web
 from app.web.pages import STATIC_DIR
 
@@ -195,5 +195,6 @@ def create_api(settings: Settings) -> FastAPI:
     app.include_router(api_router, prefix=settings.api_prefix)
     app.include_router(web.router)  # the pages of the live room
     app.include_router(join.router)
+    app.include_router(event_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
