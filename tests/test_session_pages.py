@@ -7,23 +7,26 @@ interval + 1 s); the presenter shows percentages, a histogram with its mean, a w
 a phone shows its choice after a reload; a closed question shows as closed on every phone.
 Then the final screen of a 20-option and a 50-word question fits 1920x1080 and 1280x720.
 
-Screenshots go to docs/screenshots/ (the session guide shows them)."""
+Screenshots go to tests/screenshots/session/; docs/screenshots/ keeps shrunk copies of some
+(docs/sessions-guide.md shows them)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from app.devtools.local_nodes import LocalNode
+from app.devtools.local_nodes import LocalNode, free_port
+from app.devtools.uvicorn_process import UvicornProcess
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.conftest import ServiceProcess, nodes_setting
+from tests.conftest import nodes_setting
 
-SCREENSHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+SCREENSHOTS = Path(__file__).parent / "screenshots" / "session"  # git-ignored; docs/screenshots
+# holds a shrunk copy of some (python -m app.devtools.shrink_screenshots)
 TOKEN = "organiser-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True}
@@ -32,7 +35,7 @@ FOLLOW = int((INTERVAL + 1) * 1000)  # ms: "within the stream interval plus one 
 SCREENS = [(1920, 1080), (1280, 720)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if CHROMIUM is None:
         if os.environ.get("CI"):
@@ -46,22 +49,32 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture
-def service(
-    two_nodes: list[LocalNode], start_service: Callable[..., ServiceProcess]
-) -> ServiceProcess:
-    env = {
-        "REDIS_NODES": nodes_setting(two_nodes),
-        "API_TOKEN": TOKEN,
-        "VOTER_SECRET": "s",
-        "STREAM_INTERVAL_SECONDS": str(INTERVAL),
-    }
-    return start_service(env)
+@pytest.fixture(scope="module")
+def service() -> Iterator[UvicornProcess]:
+    """One service on two real nodes for the module's tests (each makes its own event)."""
+    nodes = [LocalNode(free_port()) for _ in range(2)]
+    service: UvicornProcess | None = None
+    try:
+        for node in nodes:
+            node.start()
+        env = {
+            "REDIS_NODES": nodes_setting(nodes),
+            "API_TOKEN": TOKEN,
+            "VOTER_SECRET": "s",
+            "STREAM_INTERVAL_SECONDS": str(INTERVAL),
+        }
+        service = UvicornProcess(env=env).wait_ready()
+        yield service
+    finally:
+        if service is not None:
+            service.kill()
+        for node in nodes:
+            node.kill()
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, full_page: bool = False) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png")
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=full_page)
 
 
 def add_question(organiser: Page, kind: str, question: str, **fields: str) -> None:
@@ -85,7 +98,7 @@ def next_question(organiser: Page) -> None:
 
 
 def test_a_whole_session_organiser_presenter_and_three_phones(
-    browser: Browser, service: ServiceProcess
+    browser: Browser, service: UvicornProcess
 ) -> None:
     organiser = browser.new_page(base_url=service.url)
     organiser.goto("/organise")
@@ -175,9 +188,24 @@ def test_a_whole_session_organiser_presenter_and_three_phones(
         expect(phone.locator("#closed")).to_have_text("This question is closed", timeout=FOLLOW)
     expect(presenter.locator("#state")).to_have_text("Closed — final results", timeout=FOLLOW)
     screenshot(presenter, "presenter-words")
-    screenshot(organiser, "organiser")
+    phones[0].get_by_label("Your name on the quiz leaderboard").fill("Ann <i>")
+    phones[0].get_by_role("button", name="Save name").click()
+    expect(phones[0].locator(".name-box")).to_contain_text("Saved: Ann <i>")
+
+    # the organiser reorders (from the server's list) and finally deletes the event
+    first = organiser.locator("#questions li").first
+    first.get_by_role("button", name="Down").click()
+    expect(organiser.locator("#questions li").first).to_contain_text("How useful was it?")
+    order = api(service, "GET", f"/events/{event_id}")["polls"]
+    assert [p["question"] for p in order][:2] == ["How useful was it?", "Which talk next?"]  # type: ignore[index]
+    screenshot(organiser, "organiser", full_page=True)
     results = httpx.get(f"{service.url}/api/v1/events/{event_id}", headers=AUTH).json()
-    assert [p["voters"] for p in results["polls"]] == [3, 3, 3]
+    assert sorted(p["voters"] for p in results["polls"]) == [3, 3, 3]
+    organiser.once("dialog", lambda dialog: dialog.accept())
+    organiser.get_by_role("button", name="Delete this event").click()
+    expect(organiser.locator(f'#events li[data-event-id="{event_id}"]')).to_have_count(0)
+    gone = phones[0].goto(f"/j/{code}")
+    assert gone is not None and gone.status == 404
     for context in contexts:
         context.close()
 
@@ -185,3 +213,137 @@ def test_a_whole_session_organiser_presenter_and_three_phones(
 def font_px(locator: object) -> float:
     size = locator.evaluate("e => getComputedStyle(e).fontSize")  # type: ignore[attr-defined]
     return float(str(size).removesuffix("px"))
+
+
+def api(service: UvicornProcess, method: str, path: str, **kwargs: object) -> dict[str, object]:
+    answer = httpx.request(method, f"{service.url}/api/v1{path}", headers=AUTH, **kwargs)  # type: ignore[arg-type]
+    assert answer.is_success, answer.text
+    body: dict[str, object] = answer.json()
+    return body
+
+
+def outside_the_screen(page: Page, selector: str) -> list[str]:
+    """Every element matching `selector` whose box is not wholly inside the viewport."""
+    found: list[str] = page.evaluate(
+        """(selector) => [...document.querySelectorAll(selector)].filter((e) => {
+            const r = e.getBoundingClientRect();
+            return r.width === 0 || r.left < 0 || r.top < 0 ||
+                   r.right > innerWidth + 0.5 || r.bottom > innerHeight + 0.5;
+        }).map((e) => e.className + ': ' + e.textContent.slice(0, 40))""",
+        selector,
+    )
+    return found
+
+
+LONG = "a rather long option label that goes on and on"
+MUST_FIT = "h1, .qr, #join-code, #total, #state"
+
+
+def test_the_final_screens_fit_1920x1080_and_1280x720_with_20_options_and_50_words(
+    browser: Browser, service: UvicornProcess
+) -> None:
+    event = api(service, "POST", "/events", json={"title": "Fit"})
+    event_id = str(event["event_id"])
+    question = "A long question that a speaker might well ask, " * 4
+    options = [{"id": f"O{i}", "label": f"{i + 1}: {LONG}"} for i in range(20)]
+    many = api(
+        service,
+        "POST",
+        f"/events/{event_id}/polls",
+        json={"question": question, "options": options},
+    )
+    words = api(
+        service,
+        "POST",
+        f"/events/{event_id}/polls",
+        json={"type": "words", "question": "Fifty words?", "max_words": 5},
+    )
+    quiz_options = [{"id": "A", "label": "Paris"}, {"id": "B", "label": "Lyon"}]
+    quiz = api(
+        service,
+        "POST",
+        f"/events/{event_id}/polls",
+        json={"type": "quiz", "question": "Capital?", "options": quiz_options, "correct": "A"},
+    )
+    for i in range(20):
+        voter = {"X-Voter-Id": f"v{i}", **AUTH}
+        vote = {"option_id": f"O{i % 20}"}
+        assert httpx.post(
+            f"{service.url}/api/v1/polls/{many['poll_id']}/vote", json=vote, headers=voter
+        ).is_success
+    for i in range(10):  # 10 voters x 5 distinct words = 50 words, counts 1..10
+        voter = {"X-Voter-Id": f"w{i}"}
+        body = {"words": [f"word{j}-{'x' * (j % 9)}" for j in range(5 * i, 5 * i + 5)]}
+        assert httpx.post(
+            f"{service.url}/api/v1/polls/{words['poll_id']}/vote", json=body, headers=voter
+        ).is_success
+    for i, (name, answer) in enumerate([("Ann <i>", "A"), ("Bob", "B"), ("Cy", "A")]):
+        voter = {"X-Voter-Id": f"q{i}"}
+        httpx.post(
+            f"{service.url}/api/v1/events/{event_id}/join", json={"name": name}, headers=voter
+        )
+        api(service, "POST", f"/events/{event_id}/current", json={"poll_id": quiz["poll_id"]})
+        assert httpx.post(
+            f"{service.url}/api/v1/polls/{quiz['poll_id']}/vote",
+            json={"option_id": answer},
+            headers=voter,
+        ).is_success
+    for poll in (many, words, quiz):
+        api(service, "POST", f"/polls/{poll['poll_id']}/close")
+
+    for width, height in SCREENS:
+        presenter = browser.new_page(
+            base_url=service.url, viewport={"width": width, "height": height}
+        )
+        presenter.goto(f"/present/e/{event_id}")
+        for poll, items, name in [
+            (many, ".bar", "options"),
+            (words, ".word", "words"),
+            (quiz, ".bar", "quiz"),
+        ]:
+            api(service, "POST", f"/events/{event_id}/current", json={"poll_id": poll["poll_id"]})
+            expect(presenter.locator("#state")).to_contain_text("Closed", timeout=FOLLOW + 2000)
+            count = {"options": 20, "words": 50, "quiz": 2}[name]
+            expect(presenter.locator(items)).to_have_count(count)
+            if name == "quiz":
+                expect(presenter.locator('.bar.correct[data-option="A"]')).to_be_visible()
+                expect(presenter.locator("#leaders li").first).to_have_text("Ann <i> — 1")
+            presenter.wait_for_function("() => document.fonts.status === 'loaded'")
+            assert outside_the_screen(presenter, f"{MUST_FIT}, {items}") == [], (width, name)
+            assert presenter.evaluate("document.documentElement.scrollHeight <= innerHeight")
+            screenshot(presenter, f"fit-{name}-{width}x{height}")
+        presenter.close()
+
+
+def test_the_audience_page_works_without_javascript_and_a_wrong_code_is_a_clear_404(
+    browser: Browser, service: UvicornProcess
+) -> None:
+    event = api(service, "POST", "/events", json={"title": "No script"})
+    options = [{"id": "T", "label": "Tea"}, {"id": "C", "label": "Coffee"}]
+    poll = api(
+        service,
+        "POST",
+        f"/events/{event['event_id']}/polls",
+        json={"type": "multiple", "question": "Drinks?", "options": options, "max_choices": 2},
+    )
+    api(service, "POST", f"/events/{event['event_id']}/current", json={"poll_id": poll["poll_id"]})
+    context = browser.new_context(java_script_enabled=False, base_url=service.url, **PHONE)
+    phone = context.new_page()
+    phone.goto(f"/j/{str(event['code']).lower()}")
+    expect(phone.locator("#question")).to_have_text("Drinks?")
+    phone.get_by_label("Tea").check()
+    phone.get_by_label("Coffee").check()
+    phone.get_by_role("button", name="Send").click()
+    expect(phone.locator("#message")).to_have_text("Your answer counted")
+    phone.get_by_role("button", name="Send").click()  # nothing ticked: told which field
+    expect(phone.locator("#message")).to_contain_text("That answer does not fit this question:")
+    phone.get_by_label("Tea").check()
+    phone.get_by_role("button", name="Send").click()
+    expect(phone.locator("#message")).to_have_text("You already answered this question")
+    results = httpx.get(f"{service.url}/api/v1/polls/{poll['poll_id']}/results").json()
+    assert [o["count"] for o in results["options"]] == [1, 1] and results["voters"] == 1
+    for path in ["/j/ZZZZZZ", "/j/%3Cscript%3E", "/present/e/000000000000"]:
+        answer = phone.goto(path)
+        assert answer is not None and answer.status == 404, path
+        expect(phone.get_by_role("heading", name="No such event")).to_be_visible()
+    context.close()

@@ -34,7 +34,7 @@ FORM_MESSAGES = {
     "poll_closed": "This question is closed",
     "cross_origin": "Answers are taken only from this event's own page",
     "no_cookie": "Your browser must accept cookies to answer: open this page again",
-    "invalid": "That answer does not fit this question: please check it",
+    "invalid": "That answer does not fit this question",
     "unavailable": "Your answer could not be taken just now: please try again",
     "too_large": "That form was too large: open this page again",
     "stale": "The presenter has moved on: here is the current question",
@@ -129,6 +129,8 @@ def _form_message(status: int, answer: bytes) -> str:
         detail = payload.get("detail") if isinstance(payload, dict) else None
         if isinstance(detail, list) and any("x-voter-id" in str(d.get("loc")) for d in detail):
             return FORM_MESSAGES["no_cookie"]
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            return f"{FORM_MESSAGES['invalid']}: {detail[0].get('msg', '')}"
         return FORM_MESSAGES["invalid"]
     return FORM_MESSAGES["unavailable"]
 

@@ -252,6 +252,31 @@ async function showQuestion(pollId) {
   });
 }
 
+// The name this voter shows on the quiz leaderboard (optional), kept by the service.
+function nameBox() {
+  const box = el("form", "name-box");
+  const input = el("input");
+  input.name = "name";
+  input.maxLength = 32;
+  input.setAttribute("aria-label", "Your name on the quiz leaderboard");
+  input.placeholder = "Your name on the quiz leaderboard";
+  const said = el("span", "hint");
+  box.append(input, el("button", "", "Save name"), said);
+  box.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await fetch(paths.join(eventId), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: input.value.trim() }),
+      credentials: "same-origin",
+    });
+    const answer = await response.json().catch(() => null);
+    said.textContent = response.ok ? ` Saved: ${answer.name}` : ` ${outcome(response.status, answer)}`;
+  });
+  return box;
+}
+
+main.append(nameBox());
 followEvent(eventId, {
   onQuestion: showQuestion,
   onEvent: (state) => {

@@ -81,12 +81,14 @@ async function showQuestion(pollId) {
   $("hidden").hidden = true;
   if (pollId === null) {
     $("question").textContent = main.dataset.title || document.title;
+    $("question").classList.remove("long");
     $("state").textContent = "Waiting for the next question";
     return;
   }
   const { status: code, body: poll } = await getJson(paths.poll(pollId), "omit");
   if (mine !== shown || code !== 200) return;
   $("question").textContent = poll.question;
+  $("question").classList.toggle("long", poll.question.length > 80 || (poll.options?.length ?? 0) > 8);
   main.dataset.pollId = pollId;
   main.dataset.type = poll.type || "single";
   question = follow(paths.pollStream(pollId), {

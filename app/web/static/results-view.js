@@ -31,8 +31,10 @@ function bars(results, poll) {
     const track = el("span", "track");
     track.append(fill);
     const mark = correct && option.id === correct ? "✓ " : "";
+    const name = el("span", "label", mark + option.label);
+    name.title = option.label;
     bar.append(
-      el("span", "label", mark + option.label),
+      name,
       track,
       el("span", "count", String(option.count)),
       el("span", "percent", `${percent(option.count, whole)}%`),
