@@ -347,3 +347,36 @@ def test_the_audience_page_works_without_javascript_and_a_wrong_code_is_a_clear_
         assert answer is not None and answer.status == 404, path
         expect(phone.get_by_role("heading", name="No such event")).to_be_visible()
     context.close()
+
+
+def test_hidden_results_appear_on_the_presenter_and_the_phone_when_revealed(
+    browser: Browser, service: UvicornProcess
+) -> None:
+    event = api(service, "POST", "/events", json={"title": "Hidden"})
+    event_id = str(event["event_id"])
+    options = [{"id": "Y", "label": "Yes"}, {"id": "N", "label": "No"}]
+    body = {"question": "Ready?", "options": options, "results": "hidden"}
+    poll = api(service, "POST", f"/events/{event_id}/polls", json=body)
+    api(service, "POST", f"/events/{event_id}/current", json={"poll_id": poll["poll_id"]})
+    presenter = browser.new_page(base_url=service.url, viewport={"width": 1280, "height": 720})
+    presenter.goto(f"/present/e/{event_id}")
+    expect(presenter.locator("#hidden")).to_have_text("Results hidden until revealed")
+    expect(presenter.locator("#connection")).to_be_hidden()  # refused is not cut off
+    context = browser.new_context(base_url=service.url, **PHONE)
+    phone = context.new_page()
+    phone.goto(f"/j/{event['code']}")
+    phone.get_by_role("button", name="Yes", exact=True).click()
+    expect(phone.locator("#your-choice")).to_have_text("You chose: Yes")
+    expect(phone.locator("#results")).to_be_hidden()
+    api(service, "POST", f"/polls/{poll['poll_id']}/reveal")
+    # the event's stream tells the reveal; the results stream opens after its back-off (1 s)
+    revealed = FOLLOW + 1000
+    expect(presenter.locator('.bar[data-option="Y"] .percent')).to_have_text(
+        "100%", timeout=revealed
+    )
+    expect(presenter.locator("#hidden")).to_be_hidden()
+    expect(phone.locator("#results")).to_contain_text("100%", timeout=revealed)
+    api(service, "POST", f"/polls/{poll['poll_id']}/close")
+    expect(phone.locator("#closed")).to_be_visible(timeout=FOLLOW)
+    context.close()
+    presenter.close()
