@@ -23,6 +23,7 @@ from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
 from app.services.defined_polls import DefinedPolls
+from app.services.events import Events
 from app.services.journal import Journal
 from app.services.live_results import LiveResults
 from app.services.metrics import metrics_registry, metrics_route
@@ -32,6 +33,8 @@ from app.storage.base import Store
 from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
+from app.storage.events import RedisEventStore
+from app.storage.events_memory import MemoryEventStore
 from app.storage.memory import MemoryStore
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
@@ -87,6 +90,15 @@ def build_defined(service: PollingService) -> DefinedPolls:
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())
+
+
+def build_events(service: PollingService, polls: DefinedPolls) -> Events:
+    store = service.store
+    if isinstance(store, ShardedRedisStore):
+        return Events(RedisEventStore(store.manager, store.call), polls)
+    if isinstance(store, ClusterRedisStore):
+        return Events(RedisEventStore(store, store.call), polls)
+    return Events(MemoryEventStore(), polls)
 
 
 def build_cookies(settings: Settings) -> VoterCookies:
@@ -147,6 +159,7 @@ def create_api(settings: Settings) -> FastAPI:
         service = build_service(settings)
         app.state.service = service
         app.state.defined = build_defined(service)
+        app.state.events = build_events(service, app.state.defined)
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.metrics.stream_subscribers = lambda: live.subscribers

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api import defined
 from app.api.deps import DefinedDep, SettingsDep
+from app.api.events import poll_rows
 from app.api.handlers import json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
 from app.api.v1.endpoints.polls import visible_record
@@ -41,8 +42,10 @@ def results_csv(record: PollRecord) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["option_id", "label", "count"])
-    for option_id, label in record.definition.options:
-        writer.writerow([cell(option_id), cell(label), record.counts.get(option_id, 0)])
+    labels = dict(record.definition.options)
+    # Rating values and (shown) words have no label: the key stands for it.
+    for _, key, count in poll_rows(record):
+        writer.writerow([cell(key), cell(labels.get(key, key)), count])
     return out.getvalue()
 
 

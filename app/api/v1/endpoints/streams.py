@@ -123,6 +123,11 @@ async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> R
             subscription.close()
 
 
+async def open_stream(live: LiveResults, key: str, read: Reader) -> Response:
+    """A stream that anyone may follow (nothing in it is hidden)."""
+    return await _open(live, key, read, organiser=True)
+
+
 def _bad_id(poll_id: str) -> Response | None:
     try:
         check_poll_id(poll_id)

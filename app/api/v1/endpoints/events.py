@@ -1,0 +1,363 @@
+"""Events (sessions): create and list (organiser), join by code, the presenter's current
+poll, the event's state stream, the quiz leaderboard. docs/sessions.md has the whole API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.api import defined
+from app.api import events as shapes
+from app.api.deps import SettingsDep
+from app.api.handlers import Reply, encode, invalid_reply, json_reply, rejected_reply
+from app.api.responses import ERRORS, read_request_body, to_response
+from app.api.v1.endpoints.exports import _point as history_point
+from app.api.v1.endpoints.polls import MAX_DEFINITION_BODY, ORGANISER, _organiser, parse_definition
+from app.api.v1.endpoints.streams import EventStream, LiveDep, open_stream, stream_responses
+from app.api.voters import cross_origin
+from app.schemas.polls import Id
+from app.services.errors import VoteRejected
+from app.services.events import MAX_NAME, Events
+from app.services.live_results import Reader, ReadFailed, Snapshot
+from app.storage.defined import PollDefinition, PollRecord
+from app.storage.events import EventRecord
+
+router = APIRouter(prefix="/events", tags=["events"])
+EventId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="12 hex digits.")]
+MAX_SMALL_BODY = 4 * 1024
+
+
+def get_events(request: Request) -> Events:
+    events: Events = request.app.state.events
+    return events
+
+
+EventsDep = Annotated[Events, Depends(get_events)]
+
+
+class EventCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    title: str = Field(min_length=1, max_length=200)
+
+
+class CurrentSet(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    poll_id: Id | None
+
+
+class Reorder(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    poll_ids: list[Id] = Field(max_length=200)
+
+
+class Join(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value or not value.isprintable():
+            raise ValueError("name must hold printable characters")
+        return value
+
+
+async def parse(request: Request, model: type[pydantic.BaseModel]) -> Any:
+    """The body as `model`, or the Reply (413, 422) to give instead."""
+    body = await read_request_body(request, MAX_SMALL_BODY)
+    if body is None:
+        return json_reply(413, {"detail": f"request body must be at most {MAX_SMALL_BODY} bytes"})
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        problems = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return invalid_reply(problems)
+
+
+def reply(found: Reply) -> Response:
+    return to_response(found)
+
+
+async def _view(events: Events, event: EventRecord) -> Reply:
+    return json_reply(200, shapes.event_view(event, await events.records(event)))
+
+
+async def state(events: Events, event: EventRecord) -> dict[str, Any]:
+    current = None
+    if event.current is not None:
+        current = await events.poll_or_none(event.current)
+    return shapes.event_state(event, current)
+
+
+@router.post(
+    "",
+    summary="Create an event (organiser)",
+    status_code=201,
+    responses={**ERRORS, **ORGANISER},
+)
+async def create_event(request: Request, events: EventsDep, settings: SettingsDep) -> Response:
+    """`{"title": ...}` -> 201 with `event_id` and a 6-character join `code`."""
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    body = await parse(request, EventCreate)
+    if isinstance(body, tuple):
+        return reply(body)
+    try:
+        event = await events.create(body.title)
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    return reply(json_reply(201, shapes.event_view(event, [])))
+
+
+@router.get("", summary="Every event (organiser)", responses={**ERRORS, **ORGANISER})
+async def list_events(request: Request, events: EventsDep, settings: SettingsDep) -> Response:
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    try:
+        found = await events.all()
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    return reply(json_reply(200, {"events": [shapes.event_listing(e) for e in found]}))
+
+
+@router.get("/by-code/{code}", summary="The event a join code names, and its state")
+async def by_code(code: Annotated[str, Path(max_length=20)], events: EventsDep) -> Response:
+    """Case-insensitive; spaces and dashes are ignored. 404 `event_not_found`."""
+    try:
+        event = await events.by_code(code)
+        return reply(json_reply(200, await state(events, event)))
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+
+
+@router.get("/{event_id}", summary="An event and its polls, in order")
+async def get_event(event_id: EventId, events: EventsDep) -> Response:
+    try:
+        return reply(await _view(events, await events.load(event_id)))
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+
+
+@router.get("/{event_id}/state", summary="What the event's stream sends now")
+async def get_state(event_id: EventId, events: EventsDep) -> Response:
+    try:
+        return reply(json_reply(200, await state(events, await events.load(event_id))))
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+
+
+@router.post(
+    "/{event_id}/polls",
+    summary="Add a poll to the event (organiser)",
+    status_code=201,
+    responses={**ERRORS, **ORGANISER},
+)
+async def add_poll(
+    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
+) -> Response:
+    """The body of `POST /api/v1/polls` with `type` (docs/sessions.md)."""
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    body = await read_request_body(request, MAX_DEFINITION_BODY)
+    if body is None:
+        return reply(json_reply(413, {"detail": "request body must be at most 16 KiB"}))
+    definition = parse_definition(body, event_id)
+    if not isinstance(definition, PollDefinition):
+        return reply(definition)
+    try:
+        record = await events.add_poll(event_id, definition)
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    return reply(json_reply(201, shapes.poll_summary(record)))
+
+
+@router.post(
+    "/{event_id}/current",
+    summary="Choose the current poll, or null (organiser)",
+    responses={**ERRORS, **ORGANISER},
+)
+async def set_current(
+    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
+) -> Response:
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    body = await parse(request, CurrentSet)
+    if isinstance(body, tuple):
+        return reply(body)
+    try:
+        return reply(await _view(events, await events.set_current(event_id, body.poll_id)))
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+
+
+@router.post(
+    "/{event_id}/order",
+    summary="Reorder the event's polls (organiser)",
+    responses={**ERRORS, **ORGANISER},
+)
+async def reorder(
+    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
+) -> Response:
+    """`{"poll_ids": [...]}`: every poll of the event once, in the new order."""
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    body = await parse(request, Reorder)
+    if isinstance(body, tuple):
+        return reply(body)
+    try:
+        return reply(await _view(events, await events.reorder(event_id, body.poll_ids)))
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+
+
+@router.delete(
+    "/{event_id}",
+    summary="Delete the event and its polls (organiser)",
+    status_code=204,
+    responses={**ERRORS, **ORGANISER},
+)
+async def delete_event(
+    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
+) -> Response:
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    try:
+        await events.delete(event_id)
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    return Response(status_code=204)
+
+
+@router.post("/{event_id}/join", summary="Give the voter's display name for the leaderboard")
+async def join(
+    event_id: EventId, request: Request, events: EventsDep, cookies: defined.CookiesDep
+) -> Response:
+    """`{"name": ...}` (1-32 characters) for the voter of `X-Voter-Id` or the voter cookie."""
+    headers = request.headers
+    voter = defined.voter_identity(cookies, headers.get("x-voter-id"), headers.get("cookie"))
+    if isinstance(voter, dict):
+        return reply(invalid_reply([voter]))
+    body = await parse(request, Join)
+    if isinstance(body, tuple):
+        return reply(body)
+    if headers.get("x-voter-id") is None and cross_origin(
+        headers.get("origin"), headers.get("host")
+    ):
+        return reply(json_reply(403, defined.CROSS_ORIGIN))
+    try:
+        await events.join(event_id, voter, body.name)
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    return reply(json_reply(200, {"event_id": event_id, "name": body.name}))
+
+
+@router.get("/{event_id}/leaderboard", summary="Quiz leaderboard of the event")
+async def get_leaderboard(
+    event_id: EventId,
+    events: EventsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Response:
+    """Voters ranked by correct answers over the event's closed quiz polls, ties by total
+    answer time (ms from each question becoming current)."""
+    try:
+        ranked, quiz_polls = await events.leaderboard(event_id)
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    return reply(json_reply(200, shapes.leaderboard(event_id, ranked, quiz_polls, limit)))
+
+
+def event_reader(events: Events, event_id: str) -> Reader:
+    async def read() -> Snapshot:
+        try:
+            event = await events.load(event_id)
+            payload = await state(events, event)
+        except VoteRejected as exc:
+            raise ReadFailed(rejected_reply(exc)) from exc
+        current = payload["current"]
+        signature = (
+            event.version,
+            None if current is None else (current["state"], current["results_visible"]),
+        )
+        return Snapshot(encode(payload), signature, event.version)
+
+    return read
+
+
+@router.get(
+    "/{event_id}/stream",
+    summary="The event's state (Server-Sent Events)",
+    response_class=EventStream,
+    responses=stream_responses('id: 1\ndata: {"event_id":"…","current":null}\n\n', hidden=False),
+)
+async def event_stream(event_id: EventId, events: EventsDep, live: LiveDep) -> Response:
+    """`text/event-stream`: what `GET /events/{event_id}/state` answers, at once and whenever
+    the current poll, the event's polls, or the current poll's state change, at most once per
+    `STREAM_INTERVAL_SECONDS`; `: ping` every 15 s. The stream does not end by itself."""
+    return await open_stream(live, f"event:{event_id}", event_reader(events, event_id))
+
+
+async def _export(
+    event_id: str, request: Request, events: Events, settings: Any
+) -> tuple[EventRecord, list[PollRecord]] | Response:
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    try:
+        event = await events.load(event_id)
+        return event, await events.records(event)
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+
+
+@router.get(
+    "/{event_id}/export.csv",
+    summary="The event as CSV (organiser)",
+    response_class=Response,
+    responses={**ERRORS, **ORGANISER},
+)
+async def export_csv(
+    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
+) -> Response:
+    """One row per poll and option, rating value or (shown) word: `event_id, position,
+    poll_id, type, question, state, kind, key, label, count, voters, total_votes`."""
+    found = await _export(event_id, request, events, settings)
+    if isinstance(found, Response):
+        return found
+    return Response(
+        shapes.event_csv(*found),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="event-{event_id}.csv"'},
+    )
+
+
+@router.get(
+    "/{event_id}/export.json",
+    summary="The event as JSON, with each poll's results and history (organiser)",
+    responses={**ERRORS, **ORGANISER},
+)
+async def export_json(
+    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
+) -> Response:
+    found = await _export(event_id, request, events, settings)
+    if isinstance(found, Response):
+        return found
+    event, records = found
+    try:
+        raw = [await events.polls.history(r.definition.poll_id) for r in records]
+    except VoteRejected as exc:
+        return reply(rejected_reply(exc))
+    histories = [[p for p in map(history_point, points) if p is not None] for points in raw]
+    return reply(json_reply(200, shapes.event_json(event, records, histories)))
