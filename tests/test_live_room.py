@@ -199,8 +199,14 @@ def test_voter_page_without_javascript_votes_through_the_plain_form(
     vote(page, "Coffee")
     expect(page.locator("#message")).to_have_text("You already voted")
     httpx.post(f"{service.url}/api/v1/polls/nojs/close", headers=auth)
-    vote(page, "Coffee")
-    expect(page.locator("#message")).to_have_text("This poll is closed")
+    page.goto(f"{service.url}/p/nojs")
+    expect(page.locator("#closed")).to_have_text("This poll is closed")  # rendered by the server
+    late = browser.new_context(java_script_enabled=False, **PHONE)  # a voter who had not voted
+    late_page = late.new_page()
+    late_page.goto(f"{service.url}/p/nojs")
+    vote(late_page, "Coffee")
+    expect(late_page.locator("#message")).to_have_text("This poll is closed")
+    late.close()
     no_cookie = httpx.post(f"{service.url}/p/nojs", data={"option_id": "C"})
     assert no_cookie.status_code == 422 and "must accept cookies" in no_cookie.text
     assert no_cookie.headers["set-cookie"].startswith("voter=")
