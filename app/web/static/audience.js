@@ -283,4 +283,11 @@ followEvent(eventId, {
     if (state?.current && state.current.poll_id === area.dataset.pollId) onSummary(state.current);
   },
   onStatus: status("event"),
+  onGone: () => {
+    if (question) question.stop();
+    showConnection("live");
+    const ended = el("h1", "", "This event has ended");
+    ended.id = "question";
+    area.replaceChildren(ended);
+  },
 });

@@ -41,9 +41,19 @@ export function currentPollId(state) {
 // summary, sent again when the current poll changes, closes or is revealed);
 // `onQuestion(pollId | null, state)` when the presenter moves to another question,
 // `onEvent(state)` for every state.
-export function followEvent(eventId, { onQuestion, onEvent = () => {}, onStatus }) {
+// `onGone()` when the event no longer exists (deleted): the stream is then given up.
+export function followEvent(eventId, { onQuestion, onEvent = () => {}, onStatus, onGone = null }) {
   let shown;
-  return follow(paths.eventStream(eventId), {
+  let handle = null;
+  const refused = async () => {
+    const { status } = await getJson(paths.event(eventId), "omit");
+    if (status === 404 && onGone) {
+      handle.stop();
+      onGone();
+    }
+  };
+  handle = follow(paths.eventStream(eventId), {
+    refused,
     onState(state) {
       onEvent(state);
       const pollId = currentPollId(state);
@@ -51,10 +61,11 @@ export function followEvent(eventId, { onQuestion, onEvent = () => {}, onStatus 
         shown = pollId;
         onQuestion(pollId, state);
       }
-      return state?.final === true || state?.deleted === true;
+      return false; // an event's stream does not end by itself
     },
     onStatus,
   });
+  return handle;
 }
 
 export async function getJson(path, credentials = "same-origin") {
