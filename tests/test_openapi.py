@@ -27,6 +27,23 @@ async def test_every_endpoint_is_documented_with_examples() -> None:
         ("/api/v1/polls/{poll_id}/history", "get"),
         ("/api/v1/polls/{poll_id}/stream", "get"),
         ("/api/v1/results/{poll_id}/stream", "get"),
+        ("/api/v1/polls/{poll_id}/my-vote", "get"),
+        ("/api/v1/polls/{poll_id}/hide", "post"),
+        ("/api/v1/polls/{poll_id}/unhide", "post"),
+        ("/api/v1/events", "post"),
+        ("/api/v1/events", "get"),
+        ("/api/v1/events/by-code/{code}", "get"),
+        ("/api/v1/events/{event_id}", "get"),
+        ("/api/v1/events/{event_id}", "delete"),
+        ("/api/v1/events/{event_id}/state", "get"),
+        ("/api/v1/events/{event_id}/stream", "get"),
+        ("/api/v1/events/{event_id}/polls", "post"),
+        ("/api/v1/events/{event_id}/current", "post"),
+        ("/api/v1/events/{event_id}/order", "post"),
+        ("/api/v1/events/{event_id}/join", "post"),
+        ("/api/v1/events/{event_id}/leaderboard", "get"),
+        ("/api/v1/events/{event_id}/export.csv", "get"),
+        ("/api/v1/events/{event_id}/export.json", "get"),
     }
     assert {(p, m) for p, item in spec["paths"].items() for m in item} == operations
     for path, method in operations - {("/", "get")}:
