@@ -80,6 +80,8 @@ class DefinedPolls:
         self.rejected: Rejections = {}  # the API counts refused votes here
         self._definitions: OrderedDict[str, PollDefinition] = OrderedDict()
         self._max_definitions = max_definitions
+        # Told of each poll that counted a vote or closed (the history recorder).
+        self.on_change: Callable[[str], None] | None = None
 
     async def _send(self, node: str, checks: list[_Check]) -> list[str | Exception]:
         polls: dict[str, list[DefinedVote]] = {}
@@ -149,6 +151,8 @@ class DefinedPolls:
             raise unavailable(exc) from exc
         if outcome == "ok":
             self.accepted_votes += 1
+            if self.on_change is not None:
+                self.on_change(poll_id)
             return True
         if outcome == "repeat":
             return False
@@ -186,7 +190,10 @@ class DefinedPolls:
     async def close(self, poll_id: str) -> PollRecord:
         """From the moment this answers, no instance counts a vote for the poll: every
         vote is checked on the node, after this write."""
-        return await self.set_state(poll_id, "state", "closed")
+        record = await self.set_state(poll_id, "state", "closed")
+        if self.on_change is not None:
+            self.on_change(poll_id)  # its final point
+        return record
 
     async def reveal(self, poll_id: str) -> PollRecord:
         return await self.set_state(poll_id, "revealed", "1")
