@@ -110,7 +110,7 @@ async def test_every_type_counts_exactly_from_racing_voters_on_two_instances(
     two_services: list[UvicornProcess],
 ) -> None:
     first, second = two_services
-    voters = list(range(24))
+    voters = list(range(16))
     async with (
         httpx.AsyncClient(base_url=first.url, timeout=30) as one,
         httpx.AsyncClient(base_url=second.url, timeout=30) as two,
@@ -152,7 +152,7 @@ async def test_kill_9_of_an_instance_then_keyed_retries_count_every_voter_once(
     two_services: list[UvicornProcess],
 ) -> None:
     victim, survivor = two_services
-    voters = list(range(30))
+    voters = list(range(20))
     async with (
         httpx.AsyncClient(base_url=victim.url, timeout=10) as doomed,
         httpx.AsyncClient(base_url=survivor.url, timeout=30) as other,
@@ -167,9 +167,9 @@ async def test_kill_9_of_an_instance_then_keyed_retries_count_every_voter_once(
             except httpx.TransportError:
                 unanswered.append((kind, i))
 
-        half = [to_victim(k, i) for k in POLLS for i in voters[:15]]
+        half = [to_victim(k, i) for k in POLLS for i in voters[:10]]
         await asyncio.gather(*half)
-        rest = asyncio.gather(*(to_victim(k, i) for k in POLLS for i in voters[15:]))
+        rest = asyncio.gather(*(to_victim(k, i) for k in POLLS for i in voters[10:]))
         await asyncio.sleep(0)  # some of the rest are on their way when the process dies
         os.killpg(victim.process.pid, signal.SIGKILL)
         await rest
