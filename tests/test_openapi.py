@@ -28,6 +28,7 @@ async def test_every_endpoint_is_documented_with_examples() -> None:
         ("/api/v1/polls/{poll_id}/stream", "get"),
         ("/api/v1/results/{poll_id}/stream", "get"),
         ("/api/v1/polls/{poll_id}/my-vote", "get"),
+        ("/api/v1/polls/{poll_id}", "patch"),
         ("/api/v1/polls/{poll_id}/hide", "post"),
         ("/api/v1/polls/{poll_id}/unhide", "post"),
         ("/api/v1/events", "post"),

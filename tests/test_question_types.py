@@ -301,3 +301,41 @@ async def test_the_words_cap_refuses_new_entries_but_takes_known_ones(
             assert "two" in public and "one" not in public, path
         results = (await client.get(f"/api/v1/polls/{poll_id}/results")).json()
         assert results["total_votes"] == 5  # the counts stay on the node
+
+
+async def test_a_type_field_changes_before_votes_but_not_after_on_any_instance(
+    two_services: list[UvicornProcess],
+) -> None:
+    first, second = two_services
+    async with (
+        httpx.AsyncClient(base_url=first.url) as one,
+        httpx.AsyncClient(base_url=second.url) as two,
+    ):
+        body = {"question": "?", "type": "single", "options": OPTIONS}
+        poll_id = (await one.post("/api/v1/polls", json=body, headers=AUTH)).json()["poll_id"]
+        refused = await two.post(  # the second instance now remembers it as single
+            f"/api/v1/polls/{poll_id}/vote", json={"value": 3}, headers={"X-Voter-Id": "x"}
+        )
+        assert refused.status_code == 422
+        changed = await one.patch(
+            f"/api/v1/polls/{poll_id}", json={"type": "rating", "min": 0, "max": 3}, headers=AUTH
+        )
+        assert changed.status_code == 200 and changed.json()["type"] == "rating"
+        assert await post_vote(two, poll_id, "a", {"value": 3}) == 200  # it read it again
+        for patch, field in (
+            ({"type": "single", "options": OPTIONS}, "type"),
+            ({"max": 4}, "max"),
+            ({"min": 1}, "min"),
+        ):
+            r = await one.patch(f"/api/v1/polls/{poll_id}", json=patch, headers=AUTH)
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"][0]["loc"] == ["body", field]
+            assert r.json()["detail"][0]["type"] == "votes_exist"
+        bad = await one.patch(f"/api/v1/polls/{poll_id}", json={"max": "9"}, headers=AUTH)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "max"]
+        renamed = await one.patch(
+            f"/api/v1/polls/{poll_id}", json={"question": "How sure?"}, headers=AUTH
+        )
+        assert renamed.status_code == 200 and renamed.json()["question"] == "How sure?"
+        results = (await two.get(f"/api/v1/polls/{poll_id}/results")).json()
+        assert results["values"] == {"0": 0, "1": 0, "2": 0, "3": 1} and results["voters"] == 1

@@ -42,6 +42,10 @@ class Refused(Exception):
         self.outcome = outcome
 
 
+class DefinitionChanged(Exception):
+    """The poll was redefined since this instance read it: read it again."""
+
+
 class UnknownOption(Exception):
     def __init__(self, allowed: list[str]) -> None:
         super().__init__(f"option_id must be one of {allowed}")
@@ -127,10 +131,27 @@ class DefinedPolls:
         self._remember(record.definition)
         return record
 
-    async def definition(self, poll_id: str) -> PollDefinition:
-        """The definition, from memory when this instance has seen it (it never changes)."""
-        known = self._definitions.get(poll_id)
+    async def definition(self, poll_id: str, fresh: bool = False) -> PollDefinition:
+        """The definition, from memory when this instance has seen it (it changes only
+        before the first vote: the node's script tells when it did)."""
+        known = None if fresh else self._definitions.get(poll_id)
         return known if known is not None else (await self.load(poll_id)).definition
+
+    def remembered(self, poll_id: str) -> bool:
+        return poll_id in self._definitions
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        """Change the definition's fields; None when done, else the first `locked` field
+        that would change while votes exist (nothing changed)."""
+        await self._ready(poll_id)
+        try:
+            refused = await self.store.redefine(poll_id, fields, locked)
+        except NodeUnavailable as exc:
+            raise unavailable(exc) from exc
+        self._definitions.pop(poll_id, None)
+        if refused == "missing":
+            raise PollNotFound(f"poll {poll_id} does not exist")
+        return refused
 
     async def vote(
         self, poll_id: str, option_id: str, voter: str, key: str = "", kind: str = "single"
@@ -156,6 +177,9 @@ class DefinedPolls:
             return True
         if outcome == "repeat":
             return False
+        if outcome == "changed":
+            self._definitions.pop(poll_id, None)
+            raise DefinitionChanged(poll_id)
         raise self._refusal(poll_id, definition, outcome)
 
     def _refusal(self, poll_id: str, definition: PollDefinition, outcome: str) -> Exception:

@@ -148,6 +148,12 @@ class DefinedStore(Protocol):
         """Remove every key of the poll."""
         ...
 
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        """Set definition fields (as `encode_definition` writes them) in one step; unless a
+        `locked` field would change while the poll has votes: then nothing is set and that
+        field's name is answered. PollNotFound-style "missing" when there is no poll."""
+        ...
+
 
 def def_key(poll_id: str) -> str:
     return f"def:{{{poll_id}}}"
@@ -224,6 +230,24 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[1])
 else redis.call('SREM', KEYS[2], ARGV[1]) end
 return 1
+"""
+
+
+# KEYS[1] = the definition; ARGV[1] = n, ARGV[2..n+1] = the locked fields, then field,
+# value pairs. {'ok'}, {'locked', field} (nothing set) or {'missing'}.
+REDEFINE = """
+if redis.call('HGET', KEYS[1], 'question') == false then return {'missing'} end
+local n = tonumber(ARGV[1])
+local locked = {}
+for i = 2, n + 1 do locked[ARGV[i]] = true end
+local votes = tonumber(redis.call('HGET', KEYS[1], 'total') or '0') > 0
+for i = n + 2, #ARGV, 2 do
+  if votes and locked[ARGV[i]] and (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then
+    return {'locked', ARGV[i]}
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, n + 2))
+return {'ok'}
 """
 
 
@@ -430,6 +454,12 @@ class RedisDefinedStore:
 
     async def start(self, poll_id: str) -> bool:
         return bool(await self._eval(poll_id, START, [def_key(poll_id)]))
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        pairs = [x for item in fields.items() for x in item]
+        args = [str(len(locked)), *locked, *pairs]
+        found = await self._eval(poll_id, REDEFINE, [def_key(poll_id)], *args)
+        return None if found[0] == "ok" else str(found[-1])
 
     async def delete(self, poll_id: str) -> None:
         node = self.node_for(poll_id)

@@ -4,6 +4,7 @@ from app.api.v1.endpoints import (
     events,
     exports,
     health,
+    poll_edit,
     poll_types,
     polls,
     results,
@@ -19,4 +20,5 @@ api_router.include_router(polls.router)
 api_router.include_router(exports.router)
 api_router.include_router(events.router)
 api_router.include_router(poll_types.router)
+api_router.include_router(poll_edit.router)
 api_router.include_router(health.router)
