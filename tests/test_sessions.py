@@ -251,3 +251,17 @@ async def test_events_survive_a_restart_and_move_with_a_ring_change_while_votes_
                     key,
                 )
         assert {k.rsplit(":", 1)[-1] for k in owner_keys(second.port)} & set(PARTS)
+
+
+async def test_a_hidden_word_leaves_the_live_stream_at_once(start_node: NodeFactory) -> None:
+    settings = settings_for([start_node()], api_token=TOKEN, stream_interval_seconds=0.05)
+    async with live_app(settings) as (app, client, _):
+        body = {"question": "?", "type": "words"}
+        poll_id = (await client.post("/api/v1/polls", json=body, headers=AUTH)).json()["poll_id"]
+        assert await vote(client, poll_id, "a", {"words": ["rude", "fine"]}) == 200
+        screen = await StreamClient(app, f"/api/v1/polls/{poll_id}/stream").start().answered()
+        assert screen.last is not None and len(screen.last["words"]) == 2
+        await client.post(f"/api/v1/polls/{poll_id}/hide", json={"text": "RUDE"}, headers=AUTH)
+        await screen.wait_until(lambda c: [w["text"] for w in c.last["words"]] == ["fine"])
+        assert screen.last["total_votes"] == 2  # the count stays
+        await screen.close()
