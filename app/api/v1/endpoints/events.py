@@ -15,7 +15,6 @@ from app.api import events as shapes
 from app.api.deps import SettingsDep
 from app.api.handlers import Reply, encode, invalid_reply, json_reply, rejected_reply
 from app.api.responses import ERRORS, read_request_body, to_response
-from app.api.v1.endpoints.exports import _point as history_point
 from app.api.v1.endpoints.polls import MAX_DEFINITION_BODY, ORGANISER, _organiser, parse_definition
 from app.api.v1.endpoints.streams import EventStream, LiveDep, open_stream, stream_responses
 from app.api.v1.endpoints.votes import _json_body
@@ -25,7 +24,7 @@ from app.schemas.polls import Id, Message
 from app.services.errors import VoteRejected
 from app.services.events import MAX_NAME, Events
 from app.services.live_results import Reader, ReadFailed, Snapshot
-from app.storage.defined import PollDefinition, PollRecord
+from app.storage.defined import PollDefinition
 from app.storage.events import EventRecord
 
 router = APIRouter(prefix="/events", tags=["events"])
@@ -369,62 +368,3 @@ async def event_stream(event_id: EventId, events: EventsDep, live: LiveDep) -> R
     the current poll, the event's polls, or the current poll's state change, at most once per
     `STREAM_INTERVAL_SECONDS`; `: ping` every 15 s. The stream does not end by itself."""
     return await open_stream(live, f"event:{event_id}", event_reader(events, event_id))
-
-
-async def _export(
-    event_id: str, request: Request, events: Events, settings: Any
-) -> tuple[EventRecord, list[PollRecord]] | Response:
-    refused = _organiser(request, settings)
-    if refused:
-        return reply(refused)
-    try:
-        event = await events.load(event_id)
-        return event, await events.records(event)
-    except VoteRejected as exc:
-        return reply(rejected_reply(exc))
-
-
-@router.get(
-    "/{event_id}/export.csv",
-    summary="The event as CSV (organiser)",
-    response_class=Response,
-    responses={
-        200: {"description": "CSV.", "content": {"text/csv": {"schema": {"type": "string"}}}},
-        **ADMIN,
-    },
-)
-async def export_csv(
-    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
-) -> Response:
-    """One row per poll and option, rating value or (shown) word: `event_id, position,
-    poll_id, type, question, state, kind, key, label, count, voters, total_votes`."""
-    found = await _export(event_id, request, events, settings)
-    if isinstance(found, Response):
-        return found
-    return Response(
-        shapes.event_csv(*found),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="event-{event_id}.csv"'},
-    )
-
-
-@router.get(
-    "/{event_id}/export.json",
-    summary="The event as JSON, with each poll's results and history (organiser)",
-    responses=ADMIN,
-)
-async def export_json(
-    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
-) -> Response:
-    """The event, and each poll's results (`GET /polls/{poll_id}/results`) with its
-    `history` (points `{at, counts, total}`)."""
-    found = await _export(event_id, request, events, settings)
-    if isinstance(found, Response):
-        return found
-    event, records = found
-    try:
-        raw = [await events.polls.history(r.definition.poll_id) for r in records]
-    except VoteRejected as exc:
-        return reply(rejected_reply(exc))
-    histories = [[p for p in map(history_point, points) if p is not None] for points in raw]
-    return reply(json_reply(200, shapes.event_json(event, records, histories)))
