@@ -24,6 +24,7 @@ from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
 from app.services.defined_polls import DefinedPolls
 from app.services.events import Events
+from app.services.history_recorder import HistoryRecorder
 from app.services.journal import Journal
 from app.services.live_results import LiveResults
 from app.services.metrics import metrics_registry, metrics_route
@@ -160,11 +161,13 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.service = service
         app.state.defined = build_defined(service)
         app.state.events = build_events(service, app.state.defined)
+        app.state.history = history = HistoryRecorder(app.state.defined)
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: sum(live.reads.values())
         await service.start()
+        history.start()
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
             "started: nodes %s; batch every %ss; cache %ss",
@@ -176,6 +179,7 @@ def create_api(settings: Settings) -> FastAPI:
             yield
         finally:
             await app.state.live.close()
+            await history.stop()
             if await service.stop():
                 logger.info("stopped: all held votes flushed")
             else:

@@ -29,7 +29,7 @@ from app.api.voters import (
     valid_header_id,
     voter_key,
 )
-from app.services.defined_polls import DefinedPolls, Refused, UnknownOption
+from app.services.defined_polls import DefinedPolls, DefinitionChanged, Refused, UnknownOption
 from app.services.errors import VoteRejected
 from app.services.question_types import VOTE_FIELDS, InvalidVote, allowance, vote_payload
 from app.storage.defined import PollDefinition, PollRecord
@@ -220,10 +220,16 @@ async def _vote(
     assert isinstance(voter, str)
     if headers.voter is None and cross_origin(headers.origin, headers.host):
         return json_reply(403, CROSS_ORIGIN)
+    remembered = polls.remembered(poll_id)
     try:
-        definition = await polls.definition(poll_id)
-        payload = vote_payload(definition, data)
-        await polls.vote(poll_id, payload, voter, headers.key or "", definition.type)
+        try:
+            await cast_vote(polls, poll_id, data, voter, headers.key, False)
+        except (DefinitionChanged, InvalidVote, UnknownOption):
+            if not remembered:  # checked against what the node holds now: final
+                raise
+            # this instance's memory of the poll may be older than a change made before
+            # its first vote: read it again, once
+            await cast_vote(polls, poll_id, data, voter, headers.key, True)
     except InvalidVote as exc:
         return invalid_reply(exc.errors)
     except UnknownOption as exc:
@@ -231,10 +237,29 @@ async def _vote(
         message = f"{field} must be one of {exc.allowed}"
         return invalid_reply([error(["body", field], message, "unknown_option")])
     except Refused as exc:
-        return invalid_reply([refused_error(exc.outcome, definition)])
+        known = await polls.definition(poll_id)  # in memory: the vote just read it
+        return invalid_reply([refused_error(exc.outcome, known)])
+    except DefinitionChanged:
+        return json_reply(503, CHANGING, [(b"retry-after", b"1")])
     except VoteRejected as exc:
         return rejected_reply(exc)
     return json_reply(200, VOTE_COUNTED)
+
+
+CHANGING = {"detail": "the poll is being redefined; retry", "type": "poll_changing"}
+
+
+async def cast_vote(
+    polls: DefinedPolls,
+    poll_id: str,
+    data: dict[str, Any],
+    voter: str,
+    key: str | None,
+    fresh: bool,
+) -> None:
+    definition = await polls.definition(poll_id, fresh)
+    payload = vote_payload(definition, data)
+    await polls.vote(poll_id, payload, voter, key or "", definition.type)
 
 
 def refused_error(outcome: str, definition: PollDefinition) -> dict[str, Any]:

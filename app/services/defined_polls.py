@@ -42,6 +42,10 @@ class Refused(Exception):
         self.outcome = outcome
 
 
+class DefinitionChanged(Exception):
+    """The poll was redefined since this instance read it: read it again."""
+
+
 class UnknownOption(Exception):
     def __init__(self, allowed: list[str]) -> None:
         super().__init__(f"option_id must be one of {allowed}")
@@ -80,6 +84,8 @@ class DefinedPolls:
         self.rejected: Rejections = {}  # the API counts refused votes here
         self._definitions: OrderedDict[str, PollDefinition] = OrderedDict()
         self._max_definitions = max_definitions
+        # Told of each poll that counted a vote or closed (the history recorder).
+        self.on_change: Callable[[str], None] | None = None
 
     async def _send(self, node: str, checks: list[_Check]) -> list[str | Exception]:
         polls: dict[str, list[DefinedVote]] = {}
@@ -125,10 +131,27 @@ class DefinedPolls:
         self._remember(record.definition)
         return record
 
-    async def definition(self, poll_id: str) -> PollDefinition:
-        """The definition, from memory when this instance has seen it (it never changes)."""
-        known = self._definitions.get(poll_id)
+    async def definition(self, poll_id: str, fresh: bool = False) -> PollDefinition:
+        """The definition, from memory when this instance has seen it (it changes only
+        before the first vote: the node's script tells when it did)."""
+        known = None if fresh else self._definitions.get(poll_id)
         return known if known is not None else (await self.load(poll_id)).definition
+
+    def remembered(self, poll_id: str) -> bool:
+        return poll_id in self._definitions
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        """Change the definition's fields; None when done, else the first `locked` field
+        that would change while votes exist (nothing changed)."""
+        await self._ready(poll_id)
+        try:
+            refused = await self.store.redefine(poll_id, fields, locked)
+        except NodeUnavailable as exc:
+            raise unavailable(exc) from exc
+        self._definitions.pop(poll_id, None)
+        if refused == "missing":
+            raise PollNotFound(f"poll {poll_id} does not exist")
+        return refused
 
     async def vote(
         self, poll_id: str, option_id: str, voter: str, key: str = "", kind: str = "single"
@@ -149,9 +172,14 @@ class DefinedPolls:
             raise unavailable(exc) from exc
         if outcome == "ok":
             self.accepted_votes += 1
+            if self.on_change is not None:
+                self.on_change(poll_id)
             return True
         if outcome == "repeat":
             return False
+        if outcome == "changed":
+            self._definitions.pop(poll_id, None)
+            raise DefinitionChanged(poll_id)
         raise self._refusal(poll_id, definition, outcome)
 
     def _refusal(self, poll_id: str, definition: PollDefinition, outcome: str) -> Exception:
@@ -186,7 +214,10 @@ class DefinedPolls:
     async def close(self, poll_id: str) -> PollRecord:
         """From the moment this answers, no instance counts a vote for the poll: every
         vote is checked on the node, after this write."""
-        return await self.set_state(poll_id, "state", "closed")
+        record = await self.set_state(poll_id, "state", "closed")
+        if self.on_change is not None:
+            self.on_change(poll_id)  # its final point
+        return record
 
     async def reveal(self, poll_id: str) -> PollRecord:
         return await self.set_state(poll_id, "revealed", "1")

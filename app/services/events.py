@@ -198,7 +198,7 @@ class Events:
 
     async def name_of(self, event_id: str, voter: str) -> str | None:
         names = await self._on(event_tag(event_id), self.store.names(event_id))
-        return names.get(voter)
+        return names.get(voter) or None
 
     async def leaderboard(self, event_id: str) -> tuple[list[Ranked], int]:
         """Voters ranked by correct answers over the event's closed quiz polls, ties by
@@ -215,7 +215,7 @@ class Events:
                 score[0] += option == record.definition.correct
                 score[1] += 1
                 score[2] += ms
-        ranked = [Ranked(v, names.get(v), s[0], s[1], s[2]) for v, s in scores.items()]
+        ranked = [Ranked(v, names.get(v) or None, s[0], s[1], s[2]) for v, s in scores.items()]
         ranked.sort(key=lambda r: (-r.correct, r.time_ms, r.voter))
         return ranked, len(closed)
 

@@ -11,6 +11,10 @@ shares keys with the exercise's ad-hoc poll of the same id:
 
 A vote is checked and counted by one script, so an answer of 200 means the vote is stored:
 `total` always equals the sum of the counts, and a closed poll's results are final at once.
+
+(Just over 400 lines: the store's protocol, the record's codec and the Redis store that
+runs them read best side by side; the scripts live in question_scripts.py and
+defined_scripts.py.)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from app.storage.base import NodeUnavailable
+from app.storage.defined_scripts import HIDE, REDEFINE, START
 from app.storage.question_scripts import SCRIPTS
 
 T = TypeVar("T")
@@ -148,6 +153,12 @@ class DefinedStore(Protocol):
         """Remove every key of the poll."""
         ...
 
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        """Set definition fields (as `encode_definition` writes them) in one step; unless a
+        `locked` field would change while the poll has votes: then nothing is set and that
+        field's name is answered. PollNotFound-style "missing" when there is no poll."""
+        ...
+
 
 def def_key(poll_id: str) -> str:
     return f"def:{{{poll_id}}}"
@@ -196,33 +207,6 @@ return 1
 SET_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
-# KEYS[1] = the definition. The first call stamps started_at and, for a time limit, closes_at.
-START = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'started_at') == 1 then return 1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'started_at', now)
-local limit = redis.call('HGET', KEYS[1], 'time_limit')
-if limit and limit ~= '' then
-  local closes = now + tonumber(limit) * 1000
-  local set = redis.call('HGET', KEYS[1], 'closes_at')
-  if not set or set == '' or tonumber(set) > closes then
-    redis.call('HSET', KEYS[1], 'closes_at', closes)
-  end
-end
-return 1
-"""
-
-# KEYS[1] = the definition, KEYS[2] = hidden; ARGV[1] = the entry, ARGV[2] = '1' to hide.
-HIDE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[1])
-else redis.call('SREM', KEYS[2], ARGV[1]) end
 return 1
 """
 
@@ -430,6 +414,12 @@ class RedisDefinedStore:
 
     async def start(self, poll_id: str) -> bool:
         return bool(await self._eval(poll_id, START, [def_key(poll_id)]))
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        pairs = [x for item in fields.items() for x in item]
+        args = [str(len(locked)), *locked, *pairs]
+        found = await self._eval(poll_id, REDEFINE, [def_key(poll_id)], *args)
+        return None if found[0] == "ok" else str(found[-1])
 
     async def delete(self, poll_id: str) -> None:
         node = self.node_for(poll_id)

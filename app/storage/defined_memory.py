@@ -13,6 +13,8 @@ from app.storage.defined import (
     PollDefinition,
     PollRecord,
     count_keys,
+    decode_record,
+    encode_definition,
 )
 from app.storage.memory import MEMORY_NODE
 
@@ -182,3 +184,17 @@ class MemoryDefinedStore:
 
     async def delete(self, poll_id: str) -> None:
         self._polls.pop(poll_id, None)
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        poll = self._polls.get(poll_id)
+        if poll is None:
+            return "missing"
+        flat = encode_definition(poll.definition)
+        stored = dict(zip(flat[::2], flat[1::2], strict=True))
+        if poll.counts:
+            for name, value in fields.items():
+                if name in locked and stored.get(name, "") != value:
+                    return name
+        stored.update(fields)
+        poll.definition = decode_record(poll_id, stored, {}, 0).definition
+        return None

@@ -10,8 +10,9 @@ make stale (options, range, caps), so the node decides.
 
 Per vote the reply is one of: ok, repeat (the same key and payload as the voter's last
 counted vote: counted before, nothing added), key_reused (same key, another payload),
-already_voted, closed, unknown_option, out_of_range, too_many_entries; {'missing'} when the
-poll does not exist. A counted vote adds to `total` the entries it counted (one for single,
+already_voted, closed, unknown_option, out_of_range, too_many_entries, changed (the poll is
+of another type now: the service reads it again); {'missing'} when the poll does not exist.
+A counted vote adds to `total` the entries it counted (one for single,
 rating and quiz; one per option or word for multiple and words), so `total` is always the
 sum of the counts.
 """
@@ -23,7 +24,13 @@ from __future__ import annotations
 HEAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'closes_at', 'votes_per_voter', 'option_ids',
-  'max_choices', 'scale_min', 'scale_max', 'max_entries', 'started_at', 'created_at')
+  'max_choices', 'scale_min', 'scale_max', 'max_entries', 'started_at', 'created_at', 'type')
+if (f[11] or 'single') ~= KIND then
+  -- the poll's type was changed (before any vote) since this instance read it
+  local changed = {}
+  for i = 1, #ARGV, 3 do changed[#changed + 1] = 'changed' end
+  return changed
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local closed = f[1] == 'closed'
@@ -159,10 +166,5 @@ local function count(voter, key, payload)
 end
 """
 
-SCRIPTS = {
-    "single": HEAD + SINGLE + TAIL,
-    "multiple": HEAD + MULTIPLE + TAIL,
-    "rating": HEAD + RATING + TAIL,
-    "words": HEAD + WORDS + TAIL,
-    "quiz": HEAD + QUIZ + TAIL,
-}
+BODIES = {"single": SINGLE, "multiple": MULTIPLE, "rating": RATING, "words": WORDS, "quiz": QUIZ}
+SCRIPTS = {kind: HEAD.replace("KIND", f"'{kind}'") + body + TAIL for kind, body in BODIES.items()}

@@ -3,6 +3,7 @@ poll, the event's state stream, the quiz leaderboard. docs/sessions.md has the w
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any
 
 import pydantic
@@ -14,20 +15,56 @@ from app.api import events as shapes
 from app.api.deps import SettingsDep
 from app.api.handlers import Reply, encode, invalid_reply, json_reply, rejected_reply
 from app.api.responses import ERRORS, read_request_body, to_response
-from app.api.v1.endpoints.exports import _point as history_point
 from app.api.v1.endpoints.polls import MAX_DEFINITION_BODY, ORGANISER, _organiser, parse_definition
 from app.api.v1.endpoints.streams import EventStream, LiveDep, open_stream, stream_responses
+from app.api.v1.endpoints.votes import _json_body
 from app.api.voters import cross_origin
-from app.schemas.polls import Id
+from app.schemas.defined import PollCreate
+from app.schemas.polls import Id, Message
 from app.services.errors import VoteRejected
 from app.services.events import MAX_NAME, Events
 from app.services.live_results import Reader, ReadFailed, Snapshot
-from app.storage.defined import PollDefinition, PollRecord
+from app.storage.defined import PollDefinition
 from app.storage.events import EventRecord
 
 router = APIRouter(prefix="/events", tags=["events"])
+NO_EVENT: dict[int | str, dict[str, Any]] = {
+    404: {"model": Message, "description": "No such event."}
+}
+PUBLIC = {**ERRORS, **NO_EVENT}
+ADMIN = {
+    **ERRORS,
+    **ORGANISER,
+    404: {"model": Message, "description": "No such event, or no API_TOKEN is set."},
+    413: {"model": Message, "description": "Body too large."},
+}
+VOTER_PARAMETER = {
+    "name": "X-Voter-Id",
+    "in": "header",
+    "required": True,
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": r"^[A-Za-z0-9_.\-]{1,64}$",
+    },
+    "description": "The voter; a browser may send the signed voter cookie instead.",
+}
 EventId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="12 hex digits.")]
 MAX_SMALL_BODY = 4 * 1024
+
+
+POLL_EXAMPLE = {
+    "question": "Which languages do you use?",
+    "type": "multiple",
+    "max_choices": 2,
+    "options": [
+        {"id": "A", "label": "Rust"},
+        {"id": "B", "label": "Python"},
+        {"id": "C", "label": "Go"},
+    ],
+}
+STREAM_EXAMPLE = 'id: 1\ndata: {"event_id":"065a10b307c0","current":null,"version":1}\n\n'
 
 
 def get_events(request: Request) -> Events:
@@ -55,15 +92,18 @@ class Reorder(BaseModel):
 
 class Join(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME,
+        description="Control and format characters are dropped, spaces collapsed; a name "
+        "with nothing else left clears the voter's name.",
+    )
 
     @field_validator("name")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if not value or not value.isprintable():
-            raise ValueError("name must hold printable characters")
-        return value
+    def _clean(cls, value: str) -> str:
+        kept = "".join(c for c in value if unicodedata.category(c)[0] != "C" or c in "\t\n")
+        return " ".join(kept.split())
 
 
 async def parse(request: Request, model: type[pydantic.BaseModel]) -> Any:
@@ -100,7 +140,8 @@ async def state(events: Events, event: EventRecord) -> dict[str, Any]:
     "",
     summary="Create an event (organiser)",
     status_code=201,
-    responses={**ERRORS, **ORGANISER},
+    responses=ADMIN,
+    openapi_extra=_json_body(EventCreate.model_json_schema(), {"title": "Team meeting"}),
 )
 async def create_event(request: Request, events: EventsDep, settings: SettingsDep) -> Response:
     """`{"title": ...}` -> 201 with `event_id` and a 6-character join `code`."""
@@ -117,8 +158,9 @@ async def create_event(request: Request, events: EventsDep, settings: SettingsDe
     return reply(json_reply(201, shapes.event_view(event, [])))
 
 
-@router.get("", summary="Every event (organiser)", responses={**ERRORS, **ORGANISER})
+@router.get("", summary="Every event (organiser)", responses=ADMIN)
 async def list_events(request: Request, events: EventsDep, settings: SettingsDep) -> Response:
+    """Every event, oldest first, with its code, current poll and number of polls."""
     refused = _organiser(request, settings)
     if refused:
         return reply(refused)
@@ -129,7 +171,9 @@ async def list_events(request: Request, events: EventsDep, settings: SettingsDep
     return reply(json_reply(200, {"events": [shapes.event_listing(e) for e in found]}))
 
 
-@router.get("/by-code/{code}", summary="The event a join code names, and its state")
+@router.get(
+    "/by-code/{code}", summary="The event a join code names, and its state", responses=PUBLIC
+)
 async def by_code(code: Annotated[str, Path(max_length=20)], events: EventsDep) -> Response:
     """Case-insensitive; spaces and dashes are ignored. 404 `event_not_found`."""
     try:
@@ -139,16 +183,19 @@ async def by_code(code: Annotated[str, Path(max_length=20)], events: EventsDep) 
         return reply(rejected_reply(exc))
 
 
-@router.get("/{event_id}", summary="An event and its polls, in order")
+@router.get("/{event_id}", summary="An event and its polls, in order", responses=PUBLIC)
 async def get_event(event_id: EventId, events: EventsDep) -> Response:
+    """The event, its current poll and each poll's description with `total_votes` and
+    `voters` (no counts per option)."""
     try:
         return reply(await _view(events, await events.load(event_id)))
     except VoteRejected as exc:
         return reply(rejected_reply(exc))
 
 
-@router.get("/{event_id}/state", summary="What the event's stream sends now")
+@router.get("/{event_id}/state", summary="What the event's stream sends now", responses=PUBLIC)
 async def get_state(event_id: EventId, events: EventsDep) -> Response:
+    """The event and its current poll (`current: null`: the waiting screen)."""
     try:
         return reply(json_reply(200, await state(events, await events.load(event_id))))
     except VoteRejected as exc:
@@ -159,7 +206,8 @@ async def get_state(event_id: EventId, events: EventsDep) -> Response:
     "/{event_id}/polls",
     summary="Add a poll to the event (organiser)",
     status_code=201,
-    responses={**ERRORS, **ORGANISER},
+    responses={**ADMIN, 409: {"model": Message, "description": "Id taken, or event full."}},
+    openapi_extra=_json_body(PollCreate.model_json_schema(), POLL_EXAMPLE),
 )
 async def add_poll(
     event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
@@ -184,11 +232,14 @@ async def add_poll(
 @router.post(
     "/{event_id}/current",
     summary="Choose the current poll, or null (organiser)",
-    responses={**ERRORS, **ORGANISER},
+    responses=ADMIN,
+    openapi_extra=_json_body(CurrentSet.model_json_schema(), {"poll_id": "talk"}),
 )
 async def set_current(
     event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
 ) -> Response:
+    """`{"poll_id": ...}` of one of the event's polls, or `null` for a waiting screen. The
+    first time a poll becomes current its start is stamped (a quiz's time limit starts)."""
     refused = _organiser(request, settings)
     if refused:
         return reply(refused)
@@ -204,7 +255,8 @@ async def set_current(
 @router.post(
     "/{event_id}/order",
     summary="Reorder the event's polls (organiser)",
-    responses={**ERRORS, **ORGANISER},
+    responses=ADMIN,
+    openapi_extra=_json_body(Reorder.model_json_schema(), {"poll_ids": ["b", "a"]}),
 )
 async def reorder(
     event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
@@ -226,11 +278,12 @@ async def reorder(
     "/{event_id}",
     summary="Delete the event and its polls (organiser)",
     status_code=204,
-    responses={**ERRORS, **ORGANISER},
+    responses=ADMIN,
 )
 async def delete_event(
     event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
 ) -> Response:
+    """The event, its code (free again), its polls and their votes."""
     refused = _organiser(request, settings)
     if refused:
         return reply(refused)
@@ -241,7 +294,15 @@ async def delete_event(
     return Response(status_code=204)
 
 
-@router.post("/{event_id}/join", summary="Give the voter's display name for the leaderboard")
+@router.post(
+    "/{event_id}/join",
+    summary="Give the voter's display name for the leaderboard",
+    responses={**PUBLIC, 403: {"model": Message, "description": "Cookie from another site."}},
+    openapi_extra={
+        **_json_body(Join.model_json_schema(), {"name": "Ann"}),
+        "parameters": [VOTER_PARAMETER],
+    },
+)
 async def join(
     event_id: EventId, request: Request, events: EventsDep, cookies: defined.CookiesDep
 ) -> Response:
@@ -261,10 +322,10 @@ async def join(
         await events.join(event_id, voter, body.name)
     except VoteRejected as exc:
         return reply(rejected_reply(exc))
-    return reply(json_reply(200, {"event_id": event_id, "name": body.name}))
+    return reply(json_reply(200, {"event_id": event_id, "name": body.name or None}))
 
 
-@router.get("/{event_id}/leaderboard", summary="Quiz leaderboard of the event")
+@router.get("/{event_id}/leaderboard", summary="Quiz leaderboard of the event", responses=PUBLIC)
 async def get_leaderboard(
     event_id: EventId,
     events: EventsDep,
@@ -300,64 +361,10 @@ def event_reader(events: Events, event_id: str) -> Reader:
     "/{event_id}/stream",
     summary="The event's state (Server-Sent Events)",
     response_class=EventStream,
-    responses=stream_responses('id: 1\ndata: {"event_id":"…","current":null}\n\n', hidden=False),
+    responses={**stream_responses(STREAM_EXAMPLE, hidden=False), **NO_EVENT},
 )
 async def event_stream(event_id: EventId, events: EventsDep, live: LiveDep) -> Response:
     """`text/event-stream`: what `GET /events/{event_id}/state` answers, at once and whenever
     the current poll, the event's polls, or the current poll's state change, at most once per
     `STREAM_INTERVAL_SECONDS`; `: ping` every 15 s. The stream does not end by itself."""
     return await open_stream(live, f"event:{event_id}", event_reader(events, event_id))
-
-
-async def _export(
-    event_id: str, request: Request, events: Events, settings: Any
-) -> tuple[EventRecord, list[PollRecord]] | Response:
-    refused = _organiser(request, settings)
-    if refused:
-        return reply(refused)
-    try:
-        event = await events.load(event_id)
-        return event, await events.records(event)
-    except VoteRejected as exc:
-        return reply(rejected_reply(exc))
-
-
-@router.get(
-    "/{event_id}/export.csv",
-    summary="The event as CSV (organiser)",
-    response_class=Response,
-    responses={**ERRORS, **ORGANISER},
-)
-async def export_csv(
-    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
-) -> Response:
-    """One row per poll and option, rating value or (shown) word: `event_id, position,
-    poll_id, type, question, state, kind, key, label, count, voters, total_votes`."""
-    found = await _export(event_id, request, events, settings)
-    if isinstance(found, Response):
-        return found
-    return Response(
-        shapes.event_csv(*found),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="event-{event_id}.csv"'},
-    )
-
-
-@router.get(
-    "/{event_id}/export.json",
-    summary="The event as JSON, with each poll's results and history (organiser)",
-    responses={**ERRORS, **ORGANISER},
-)
-async def export_json(
-    event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
-) -> Response:
-    found = await _export(event_id, request, events, settings)
-    if isinstance(found, Response):
-        return found
-    event, records = found
-    try:
-        raw = [await events.polls.history(r.definition.poll_id) for r in records]
-    except VoteRejected as exc:
-        return reply(rejected_reply(exc))
-    histories = [[p for p in map(history_point, points) if p is not None] for points in raw]
-    return reply(json_reply(200, shapes.event_json(event, records, histories)))

@@ -101,10 +101,10 @@ def _point(raw: str) -> dict[str, Any] | None:
 async def history(
     poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
 ) -> Response:
-    """Points `{at, counts, total}`, oldest first, the last 1,000 at most. A point is
-    recorded by a live results stream, at most once per `STREAM_INTERVAL_SECONDS` and only
-    when the total grew, so a poll that nobody watched has no points for that time. Hidden
-    results: 403 without the organiser's token."""
+    """Points `{at, counts, total}`, oldest first. A point is recorded about once a second
+    while the total grows (by the instance that counted the votes, watched or not, and by
+    live results streams), and always the final one at close. Hidden results: 403 without
+    the organiser's token."""
     found = await visible_record(poll_id, request, polls, settings)
     if isinstance(found, Response):
         return found

@@ -10,10 +10,11 @@ from app.api import events as shapes
 from app.api.deps import DefinedDep, SettingsDep
 from app.api.handlers import invalid_reply, json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
-from app.api.v1.endpoints.events import parse
-from app.api.v1.endpoints.polls import ORGANISER, _organiser
-from app.api.v1.endpoints.votes import PollId
+from app.api.v1.endpoints.events import ADMIN, VOTER_PARAMETER, parse
+from app.api.v1.endpoints.polls import _organiser
+from app.api.v1.endpoints.votes import PollId, _json_body
 from app.api.validation import error
+from app.schemas.polls import Message
 from app.services.errors import VoteRejected
 from app.services.question_types import MAX_WORD_CHARS, normalise_word
 
@@ -25,7 +26,12 @@ class Entry(BaseModel):
     text: str = Field(min_length=1, max_length=200)
 
 
-@router.get("/{poll_id}/my-vote", summary="The voter's own vote in a poll")
+@router.get(
+    "/{poll_id}/my-vote",
+    summary="The voter's own vote in a poll",
+    responses={**ERRORS, 404: {"model": Message, "description": "No such poll."}},
+    openapi_extra={"parameters": [VOTER_PARAMETER]},
+)
 async def my_vote(
     poll_id: PollId, request: Request, polls: DefinedDep, cookies: defined.CookiesDep
 ) -> Response:
@@ -71,7 +77,8 @@ async def _hide(
 @router.post(
     "/{poll_id}/hide",
     summary="Hide a words entry from every public view (organiser)",
-    responses={**ERRORS, **ORGANISER},
+    responses=ADMIN,
+    openapi_extra=_json_body(Entry.model_json_schema(), {"text": "Rust"}),
 )
 async def hide(
     poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
@@ -84,9 +91,11 @@ async def hide(
 @router.post(
     "/{poll_id}/unhide",
     summary="Show a hidden words entry again (organiser)",
-    responses={**ERRORS, **ORGANISER},
+    responses=ADMIN,
+    openapi_extra=_json_body(Entry.model_json_schema(), {"text": "Rust"}),
 )
 async def unhide(
     poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
 ) -> Response:
+    """`{"text": ...}`: the entry shows again in results, streams and exports."""
     return await _hide(poll_id, request, polls, settings, False)

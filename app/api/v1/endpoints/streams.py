@@ -95,7 +95,8 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
             except VoteRejected:
                 pass  # the next read tries again
         body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
-        signature = (tuple(record.counts.items()), record.closed)
+        # hidden words change what subscribers see without changing a count
+        signature = (tuple(record.counts.items()), record.closed, tuple(sorted(record.hidden)))
         hidden = not defined.results_visible(record, organiser=False)
         return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
 
