@@ -12,6 +12,7 @@ Screenshots go to tests/screenshots/session/; docs/screenshots/ keeps shrunk cop
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +199,14 @@ def test_a_whole_session_organiser_presenter_and_three_phones(
     expect(organiser.locator("#questions li").first).to_contain_text("How useful was it?")
     order = api(service, "GET", f"/events/{event_id}")["polls"]
     assert [p["question"] for p in order][:2] == ["How useful was it?", "Which talk next?"]  # type: ignore[index]
+    rating = organiser.locator("#questions li").first
+    soon = (dt.datetime.now() + dt.timedelta(days=30)).replace(hour=10, minute=30)
+    rating.get_by_label("Closing time of How useful was it?").fill(soon.strftime("%Y-%m-%dT%H:%M"))
+    rating.get_by_role("button", name="Set closing time").click()
+    expect(organiser.locator("#message")).to_be_hidden()
+    closes = api(service, "GET", f"/events/{event_id}")["polls"][0]["closes_at"]  # type: ignore[index]
+    expected = soon.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M")  # local time, sent in UTC
+    assert str(closes).startswith(expected), (closes, expected)
     screenshot(organiser, "organiser", full_page=True)
     results = httpx.get(f"{service.url}/api/v1/events/{event_id}", headers=AUTH).json()
     assert sorted(p["voters"] for p in results["polls"]) == [3, 3, 3]

@@ -148,8 +148,29 @@ function pollLine(poll, position, count) {
   if (poll.state === "closed" && (poll.total_votes ?? 0) === 0) {
     item.append(button("Reopen", async () => reload(await act("POST", paths.pollAction(id, "reopen")))));
   }
+  if (poll.state === "open") item.append(closesAt(poll, reload));
   item.append(" ", link("CSV", paths.pollCsv(id)), " ", link("History", paths.history(id)));
   return item;
+}
+
+// A closing time for an open question (PATCH /polls/{id} {"closes_at"}), in local time.
+function closesAt(poll, reload) {
+  const input = document.createElement("input");
+  input.type = "datetime-local";
+  input.setAttribute("aria-label", `Closing time of ${poll.question}`);
+  if (poll.closes_at) {
+    const at = new Date(poll.closes_at);
+    input.value = new Date(at.getTime() - at.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  }
+  const set = button("Set closing time", async () => {
+    if (!input.value) return say("Choose a closing time first.");
+    const body = { closes_at: new Date(input.value).toISOString() };
+    reload(await act("PATCH", paths.poll(poll.poll_id), body));
+  });
+  const box = document.createElement("span");
+  box.className = "closes-at";
+  box.append(" ", input, set);
+  return box;
 }
 
 async function move(position, by) {
