@@ -207,6 +207,10 @@ def test_a_whole_session_organiser_presenter_and_three_phones(
     closes = api(service, "GET", f"/events/{event_id}")["polls"][0]["closes_at"]  # type: ignore[index]
     expected = soon.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M")  # local time, sent in UTC
     assert str(closes).startswith(expected), (closes, expected)
+    with organiser.expect_download() as saved:  # the event's CSV, fetched with the token
+        organiser.locator("#event-links").get_by_role("link", name="CSV").click()
+    csv_text = Path(saved.value.path()).read_text()
+    assert csv_text.startswith("event_id,") and "Which talk next?" in csv_text
     screenshot(organiser, "organiser", full_page=True)
     results = httpx.get(f"{service.url}/api/v1/events/{event_id}", headers=AUTH).json()
     assert sorted(p["voters"] for p in results["polls"]) == [3, 3, 3]

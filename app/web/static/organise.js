@@ -94,6 +94,24 @@ function link(text, href) {
   return a;
 }
 
+// A link to an organiser's file (CSV, JSON, history): fetched with the token, then saved.
+function download(text, path, filename) {
+  const a = link(text, path);
+  a.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` }, credentials: "omit" });
+    if (response.status === 401) return refusedToken();
+    if (!response.ok) return say(`The service answered ${response.status}.`);
+    const url = URL.createObjectURL(await response.blob());
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = filename;
+    save.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  });
+  return a;
+}
+
 function span(text, className) {
   const s = document.createElement("span");
   s.textContent = text;
@@ -149,7 +167,8 @@ function pollLine(poll, position, count) {
     item.append(button("Reopen", async () => reload(await act("POST", paths.pollAction(id, "reopen")))));
   }
   if (poll.state === "open") item.append(closesAt(poll, reload));
-  item.append(" ", link("CSV", paths.pollCsv(id)), " ", link("History", paths.history(id)));
+  item.append(" ", download("CSV", paths.pollCsv(id), `${id}.csv`), " ",
+    download("History", paths.history(id), `${id}-history.json`));
   return item;
 }
 
@@ -194,7 +213,8 @@ async function choose(eventId) {
   $("event-links").replaceChildren(
     link("Presenter screen", paths.presenter(eventId)), " ",
     link("Audience page", paths.audience(event.code)), " ",
-    link("CSV", paths.eventCsv(eventId)), " ", link("JSON", paths.eventJson(eventId)),
+    download("CSV", paths.eventCsv(eventId), `${event.code}.csv`), " ",
+    download("JSON", paths.eventJson(eventId), `${event.code}.json`),
   );
   const polls = event.polls || [];
   $("questions").replaceChildren(...polls.map((p, i) => pollLine(p, i, polls.length)));
