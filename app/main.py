@@ -25,7 +25,9 @@ from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
 from app.core.config import Settings
 from app.services.defined_polls import DefinedPolls
+from app.services.events import Events
 from app.services.grip_setup import build_publishers
+from app.services.history_recorder import HistoryRecorder
 from app.services.journal import Journal
 from app.services.live_results import LiveResults
 from app.services.polling_service import PollingService
@@ -36,10 +38,14 @@ from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
 from app.storage.defined_memory import MemoryDefinedStore
 from app.storage.durability import DurabilityPolicy
+from app.storage.events import RedisEventStore
+from app.storage.events_memory import MemoryEventStore
 from app.storage.memory import MemoryStore
 from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
+from app.web import event_pages, join
 from app.web import routes as web
+from app.web.pages import STATIC_DIR
 
 logger = logging.getLogger("app.main")
 
@@ -97,6 +103,15 @@ def build_defined(service: PollingService) -> DefinedPolls:
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())
+
+
+def build_events(service: PollingService, polls: DefinedPolls) -> Events:
+    store = service.store
+    if isinstance(store, ShardedRedisStore):
+        return Events(RedisEventStore(store.manager, store.call), polls)
+    if isinstance(store, ClusterRedisStore):
+        return Events(RedisEventStore(store, store.call), polls)
+    return Events(MemoryEventStore(), polls)
 
 
 def build_cookies(settings: Settings) -> VoterCookies:
@@ -174,6 +189,8 @@ def create_api(settings: Settings) -> FastAPI:
         service = build_service(settings)
         app.state.service = service
         app.state.defined = build_defined(service)
+        app.state.events = build_events(service, app.state.defined)
+        app.state.history = history = HistoryRecorder(app.state.defined)
         app.state.voter_cookies = build_cookies(settings)
         app.state.live = live = LiveResults(settings.stream_interval_seconds)
         app.state.read_states = states = ReadStates(settings.results_max_age_seconds)
@@ -183,6 +200,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.metrics.stream_reads = lambda: sum(live.reads.values())
         await service.start()
         await _warn_unreachable(service.store)
+        history.start()
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
             "started: nodes %s; batch every %ss; cache %ss",
@@ -196,6 +214,7 @@ def create_api(settings: Settings) -> FastAPI:
             await app.state.live.close()
             if app.state.grip is not None:
                 await app.state.grip.close()
+            await history.stop()
             if await service.stop():
                 logger.info("stopped: all held votes flushed")
             else:
@@ -218,11 +237,17 @@ def create_api(settings: Settings) -> FastAPI:
     registry, app.state.metrics = metrics_registry(app.state)
     app.router.routes.append(metrics_route(registry))
 
-    @app.get("/", tags=["health"], summary="Liveness")
-    async def root() -> dict[str, str]:
+    @app.get("/", tags=["health"], summary="Liveness", response_model=dict[str, str])
+    async def root(request: Request) -> dict[str, str] | Response:
+        """`{"status": "healthy"}`; a browser (`Accept: text/html`) gets the box to type a
+        join code in instead."""
+        if join.wants_html(request):
+            return join.join_page(request)
         return {"status": "healthy"}
 
     app.include_router(api_router, prefix=settings.api_prefix)
     app.include_router(web.router)  # the pages of the live room
-    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    app.include_router(join.router)
+    app.include_router(event_pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -15,10 +15,8 @@ from app.storage.defined import (
     CREATE,
     VOTE,
     PollDefinition,
-    counts_key,
-    def_key,
     encode_definition,
-    voters_key,
+    vote_keys,
 )
 
 OPTIONS = ["A", "B", "C"]  # bench/defined_vote.lua votes for these
@@ -57,7 +55,7 @@ def voter_memory(port: int, voters: int, log: Callable[[str], None]) -> dict[str
     definition = PollDefinition(
         poll_id, "?", tuple((o, o) for o in OPTIONS), 1, "live", None, int(time.time() * 1000)
     )
-    keys = [def_key(poll_id), counts_key(poll_id), voters_key(poll_id)]
+    keys = vote_keys(poll_id)
     client.eval(CREATE, 1, keys[0], *encode_definition(definition))
     used_before = int(client.info("memory")["used_memory"])
     started = time.perf_counter()
@@ -68,7 +66,8 @@ def voter_memory(port: int, voters: int, log: Callable[[str], None]) -> dict[str
             batch = range(done, min(done + VOTERS_PER_SCRIPT, voters))
             if not batch:
                 break
-            args = [x for i in batch for x in (voter_key("h", f"voter-{i}"), OPTIONS[i % 3])]
+            voter_args = ((voter_key("h", f"voter-{i}"), "", OPTIONS[i % 3]) for i in batch)
+            args = [x for triple in voter_args for x in triple]
             pipe.eval(VOTE, len(keys), *keys, *args)
             done = batch[-1] + 1
         for reply in pipe.execute():
@@ -78,7 +77,8 @@ def voter_memory(port: int, voters: int, log: Callable[[str], None]) -> dict[str
             log(f"voter memory: {done:,} voters written")
     seconds = time.perf_counter() - started
     used_after = int(client.info("memory")["used_memory"])
-    key_bytes = int(client.memory_usage(keys[2], samples=0) or 0)
+    # the voter's count and their own record (voters and mine hashes)
+    key_bytes = sum(int(client.memory_usage(k, samples=0) or 0) for k in keys[2:])
     stored = client.hlen(keys[2])
     client.close()
     if stored != voters:

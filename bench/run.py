@@ -29,7 +29,7 @@ import redis
 from app.core.consistent_hash import HashRing
 from app.devtools.local_nodes import LocalNode, free_port
 from app.devtools.uvicorn_process import UvicornProcess
-from bench import cluster, defined, durability, fanout, instances, migrate
+from bench import cluster, defined, durability, fanout, instances, migrate, question_types
 from bench.alone import TOKEN, log
 from bench.wrk import WrkResult, run_wrk
 
@@ -172,6 +172,7 @@ def main() -> None:
         memory = defined.voter_memory(nodes[-1].port, VOTERS, log)
         per_voter = memory["memory_usage_per_voter"]
         log(f"voter memory: {per_voter:.1f} bytes a voter (MEMORY USAGE of the voters hash)")
+        typed = question_types.measure(nodes, log)  # the service on 2, memory on the third
         fanned = fanout.measure(nodes[:2], TOKEN, log)
         apart = instances.measure(nodes[:2], TOKEN, log)
         clustered = cluster.measure(log)
@@ -200,6 +201,7 @@ def main() -> None:
         name: {**summary(r), "vs_no_journal": median(r, "rps") / median(votes["service"], "rps")}
         for name, r in journal_modes.items()
     }
+    report["question_types"] = typed
     report["fanout"] = fanned
     report["instances"] = apart
     report["cluster"] = clustered
@@ -363,6 +365,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", *fanout.markdown(r["fanout"])]
     if "instances" in r:
         lines += ["", *instances.markdown(r["instances"])]
+    if "question_types" in r:
+        lines += ["", *question_types.markdown(r["question_types"])]
     if "cluster" in r:
         lines += ["", *cluster.markdown(r["cluster"])]
     if "durability" in r:

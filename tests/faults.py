@@ -215,3 +215,33 @@ def journaled_service(node_url: str, root: Path, plan: FaultPlan) -> PollingServ
         max_pending_pairs_per_node=1000,
         journal=Journal(root, "always", FaultyFiles(plan)),
     )
+
+
+def faulty_call(
+    inner: Callable[[str, Awaitable[Any]], Awaitable[Any]], plan: FaultPlan
+) -> Callable[[str, Awaitable[Any]], Awaitable[Any]]:
+    """The node-call seam of the defined-poll and event stores (`call(node, operation)`)
+    behind the plan: each call is one step ("node defined")."""
+
+    async def call(node: str, operation: Awaitable[Any]) -> Any:
+        try:
+            failing = plan.before("node defined")
+        except Crash:
+            _discard(operation)
+            raise
+        if failing:
+            _discard(operation)
+            raise NodeUnavailable(node, "redis://injected", "injected failure", maybe_applied=False)
+        result = await inner(node, operation)
+        if plan.after():
+            raise NodeUnavailable(node, "redis://injected", "reply lost")
+        return result
+
+    return call
+
+
+def _discard(operation: Awaitable[Any]) -> None:
+    """An operation never awaited: close it (no 'never awaited' warning)."""
+    close = getattr(operation, "close", None)
+    if close is not None:
+        close()

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -29,15 +30,26 @@ import redis
 from app.api import bulk, handlers
 from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode, free_port
+from app.services.defined_polls import DefinedPolls
+from app.services.errors import VoteRejected
+from app.services.events import Events
 from app.services.journal import Journal
 from app.services.polling_service import PollingService
+from app.services.question_types import vote_payload
 from app.services.results_cache import ResultsCache
+from app.storage.base import NodeUnavailable
+from app.storage.defined import PollDefinition, RedisDefinedStore
+from app.storage.events import RedisEventStore
 from app.storage.redis_store import ShardedRedisStore, poll_key
-from tests.faults import Crash, FaultPlan, FaultyFiles, FaultyStore, abandon
+from tests.faults import Crash, FaultPlan, FaultyFiles, FaultyStore, abandon, faulty_call
 
 POLLS = ["p0", "p1", "p2", "p3", "p4", "p5"]
 TOKEN = "t"
 Pair = tuple[str, str]
+
+
+# Every step of two lifetimes, each broken several ways: minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
 
 
 @dataclass
@@ -232,3 +244,122 @@ async def test_pairs_of_faults_keep_counts_exact(
         await run_case(nodes, first_at, first_mode, also=second)
     with capsys.disabled():
         print(f"\nfault pairs: {len(chosen)} sampled of {len(possible)} possible, all exact")
+
+
+# -- the defined-poll and event write paths (sessions, question types) --------------------
+
+TYPES: dict[str, dict[str, Any]] = {
+    "single": {"options": (("A", "a"), ("B", "b"))},
+    "multiple": {"options": (("A", "a"), ("B", "b"), ("C", "c")), "max_choices": 2},
+    "rating": {"scale_min": 1, "scale_max": 5},
+    "words": {"max_words": 2},
+    "quiz": {"options": (("A", "a"), ("B", "b")), "correct": "B"},
+}
+VOTERS = 2
+BALLOTS: dict[str, list[dict[str, Any]]] = {
+    "single": [{"option_id": "A"}, {"option_id": "B"}, {"option_id": "A"}],
+    "multiple": [{"option_ids": ["A", "C"]}, {"option_ids": ["B"]}, {"option_ids": ["C", "B"]}],
+    "rating": [{"value": 5}, {"value": 1}, {"value": 5}],
+    "words": [{"words": ["Rust", "go"]}, {"words": ["rust"]}, {"words": ["Zig"]}],
+    "quiz": [{"option_id": "B"}, {"option_id": "A"}, {"option_id": "B"}],
+}
+
+
+@dataclass
+class Session:
+    """What the faulty lifetime achieved, as its client knows it."""
+
+    event_id: str | None = None
+    polls: dict[str, str] = field(default_factory=dict)  # type -> poll id, when answered
+
+
+def session_parts(nodes: list[LocalNode], plan: FaultPlan) -> tuple[Any, Any, Any]:
+    specs = [NodeSpec(f"n{i}", node.url) for i, node in enumerate(nodes)]
+    store = ShardedRedisStore(specs, 100, 2.0)
+    call = faulty_call(store.call, plan)
+    polls = DefinedPolls(RedisDefinedStore(store.manager, call))
+    return store, polls, Events(RedisEventStore(store.manager, call), polls)
+
+
+async def cast(polls: DefinedPolls, poll_id: str, kind: str, i: int) -> None:
+    definition = await polls.definition(poll_id)
+    payload = vote_payload(definition, BALLOTS[kind][i])
+    await polls.vote(poll_id, payload, f"voter-{i}", f"key-{kind}-{i}", kind)
+
+
+async def session_scenario(polls: DefinedPolls, events: Events, done: Session) -> None:
+    event = await events.create("faults")
+    done.event_id = event.event_id
+    for kind, extra in TYPES.items():
+        params = {k: v for k, v in extra.items() if k != "options"}
+        options = extra.get("options", ())
+        poll_id = f"{kind}-{event.event_id}"
+        definition = PollDefinition(
+            poll_id, "?", options, 1, "live", None, 1, kind, **params, event_id=event.event_id
+        )
+        await events.add_poll(event.event_id, definition)
+        done.polls[kind] = definition.poll_id
+    await events.set_current(event.event_id, done.polls["quiz"])
+    await events.join(event.event_id, "voter-0", "Ann")
+    for i in range(VOTERS):
+        for kind, poll_id in done.polls.items():
+            await cast(polls, poll_id, kind, i)
+    await polls.hide(done.polls["words"], "rust", True)
+
+
+def expected_counts(kind: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for body in BALLOTS[kind][:VOTERS]:
+        (value,) = body.values()
+        items = value if isinstance(value, list) else [value]
+        counts.update(str(v).casefold() if kind == "words" else str(v) for v in items)
+    return counts
+
+
+async def run_session_case(nodes: list[LocalNode], at: int, mode: str) -> FaultPlan:
+    flush_nodes(nodes)
+    plan, done = FaultPlan(at, mode), Session()
+    store, polls, events = session_parts(nodes, plan)
+    await store.open()
+    try:
+        await session_scenario(polls, events, done)
+    except (Crash, VoteRejected, NodeUnavailable):
+        pass  # the client saw an error (or the process died): it retries below
+    finally:
+        await store.close()
+    where = f"step {at} {plan.steps[at - 1] if at else ''} ({mode})"
+    store, polls, events = session_parts(nodes, FaultPlan())  # a clean instance
+    await store.open()
+    try:
+        listed = await events.all()
+        for event in listed:  # whatever was half made, nothing half made is visible
+            assert (await events.by_code(event.code)).event_id == event.event_id, where
+            assert len(await events.records(event)) <= len(event.polls), where
+        if done.event_id is None:
+            return plan
+        event = await events.load(done.event_id)
+        for kind, poll_id in done.polls.items():
+            assert poll_id in event.polls, where
+            for i in range(VOTERS):  # the client retries every vote with its key
+                await cast(polls, poll_id, kind, i)
+            record = await polls.close(poll_id)
+            assert Counter({k: n for k, n in record.counts.items() if n}) == expected_counts(
+                kind
+            ), (where, kind, record.counts)
+            assert record.total == sum(record.counts.values()) and record.voters == VOTERS, where
+    finally:
+        await store.close()
+    return plan
+
+
+async def test_every_node_call_of_sessions_failed_lost_or_crashed_keeps_votes_exact(
+    nodes: list[LocalNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean = await run_session_case(nodes, 0, "none")
+    cases = 0
+    for at in range(1, len(clean.steps) + 1):
+        for mode in ("fail", "crash", "lost_reply"):
+            await run_session_case(nodes, at, mode)
+            cases += 1
+    with capsys.disabled():
+        print(f"\nfault injection, sessions: {len(clean.steps)} node calls, {cases} faults, exact")

@@ -1,6 +1,7 @@
-"""The live room in a real headless Chromium, driven by Playwright, against the real service
-(uvicorn, two nodes): the organiser creates a poll on the organiser page, three voters vote
-from their phones, the presenter page shows the counts live, the organiser closes the poll.
+"""The live room of one standalone poll in a real headless Chromium, driven by Playwright,
+against the real service (uvicorn, two nodes): three voters vote from their phones, the
+presenter page shows the counts and percentages live, the poll closes and every phone
+learns it live; the presenter comes back to the stream after the service restarts.
 
 Every test saves a screenshot in tests/screenshots/ (git-ignored) for a person to look at."""
 
@@ -15,13 +16,16 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.devtools.local_nodes import LocalNode
+from app.devtools.uvicorn_process import UvicornProcess
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.conftest import ServiceProcess, nodes_setting
 
 ARGS = CHROMIUM_FLAGS
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 TOKEN = "organiser-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PHONE = {"viewport": {"width": 390, "height": 780}, "device_scale_factor": 2, "is_mobile": True}
+OPTIONS = [{"id": "Y", "label": "Yes"}, {"id": "N", "label": "No"}]
 LIVE = 2_000  # ms: the issue's "within 2 s" of the last vote, as the assertion's wait
 
 
@@ -50,22 +54,19 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
 
 
-def create_on_organiser_page(page: Page, question: str, labels: list[str], results: str) -> str:
-    """Types the token, fills the form, submits; the new poll's id, from the list."""
-    page.get_by_label("Organiser token").fill(TOKEN)
-    page.get_by_role("button", name="Use this token").click()
-    expect(page.get_by_text("Token set for this tab")).to_be_visible()
-    page.get_by_label("Question").fill(question)
-    for i, label in enumerate(labels):
-        page.get_by_label(f"Option {i + 1}", exact=True).fill(label)
-    page.get_by_label("Results").select_option(results)
-    page.get_by_role("button", name="Create the poll").click()
-    expect(page.locator("#create-message")).to_contain_text("Poll created")
-    item = page.locator("#polls li").filter(has_text=question)
-    expect(item).to_contain_text("open")
-    poll_id = item.get_attribute("data-poll-id")
-    assert poll_id
+def create_poll(service: ServiceProcess, question: str, labels: list[str], results: str) -> str:
+    """A standalone poll through the API (the organiser page makes events: test_session_pages)."""
+    options = [{"id": chr(65 + i), "label": label} for i, label in enumerate(labels)]
+    body = {"question": question, "options": options, "results": results}
+    created = httpx.post(f"{service.url}/api/v1/polls", json=body, headers=AUTH)
+    assert created.status_code == 201
+    poll_id: str = created.json()["poll_id"]
     return poll_id
+
+
+def organiser_action(service: ServiceProcess, poll_id: str, action: str) -> None:
+    answer = httpx.post(f"{service.url}/api/v1/polls/{poll_id}/{action}", headers=AUTH)
+    assert answer.status_code == 200
 
 
 def vote(page: Page, label: str) -> None:
@@ -79,18 +80,12 @@ def expect_counts(presenter: Page, counts: dict[str, int], total: int) -> None:
     expect(presenter.locator("#total")).to_have_text(str(total), timeout=LIVE)
 
 
-def test_organiser_creates_voters_vote_presenter_shows_live_then_final(
+def test_voters_vote_presenter_shows_live_then_final_and_phones_learn_the_close(
     browser: Browser, service: ServiceProcess
 ) -> None:
-    organiser = browser.new_page(base_url=service.url)
-    organiser.goto("/organise")
-    poll_id = create_on_organiser_page(
-        organiser, "Which talk next?", ["Rust", "Python", "Go", "Zig"], "live"
-    )
+    poll_id = create_poll(service, "Which talk next?", ["Rust", "Python", "Go", "Zig"], "live")
     presenter = browser.new_page(base_url=service.url, viewport={"width": 1280, "height": 720})
-    href = organiser.get_by_role("link", name="Presenter page").get_attribute("href")
-    assert href == f"/present/{poll_id}"
-    presenter.goto(href)
+    presenter.goto(f"/present/{poll_id}")
     join_url = f"{service.url}/p/{poll_id}"
     expect(presenter.locator("#join-url")).to_have_text(join_url)
     expect(presenter.locator(".qr svg")).to_be_visible()
@@ -112,16 +107,15 @@ def test_organiser_creates_voters_vote_presenter_shows_live_then_final(
     assert results["total_votes"] == 3
     expect_counts(presenter, {"A": 1, "B": 1, "C": 1, "D": 0}, 3)
 
-    item = organiser.locator(f'#polls li[data-poll-id="{poll_id}"]')
-    item.get_by_role("button", name="Close").click()
-    expect(item.locator(".poll-state")).to_have_text("closed")
+    organiser_action(service, poll_id, "close")
     expect(presenter.locator("#state")).to_have_text("Voting closed — final results", timeout=LIVE)
     expect_counts(presenter, {"A": 1, "B": 1, "C": 1, "D": 0}, 3)
     screenshot(presenter, "presenter_final")
-    screenshot(organiser, "organiser")
 
-    vote(pages[2], "Zig")
-    expect(pages[2].locator("#message")).to_have_text("This poll is closed")
+    for page in pages:  # each phone learns it live, without a reload
+        expect(page.locator("#closed")).to_have_text("This poll is closed", timeout=LIVE)
+        expect(page.get_by_role("button", name="Zig", exact=True)).to_be_disabled()
+        expect(page.locator("#results")).to_contain_text("Rust: 1 (33%)")
     for context in voters:
         context.close()
 
@@ -129,9 +123,7 @@ def test_organiser_creates_voters_vote_presenter_shows_live_then_final(
 def test_hidden_results_show_on_the_presenter_page_once_revealed(
     browser: Browser, service: ServiceProcess
 ) -> None:
-    organiser = browser.new_page(base_url=service.url)
-    organiser.goto("/organise")
-    poll_id = create_on_organiser_page(organiser, "Best snack?", ["Tea", "Cake"], "hidden")
+    poll_id = create_poll(service, "Best snack?", ["Tea", "Cake"], "hidden")
     presenter = browser.new_page(base_url=service.url)
     presenter.goto(f"/present/{poll_id}")
     expect(presenter.get_by_text("Results hidden until revealed")).to_be_visible()
@@ -144,17 +136,51 @@ def test_hidden_results_show_on_the_presenter_page_once_revealed(
     expect(voter.locator("#message")).to_have_text("Your vote counted")
     screenshot(presenter, "presenter_hidden")
 
-    item = organiser.locator(f'#polls li[data-poll-id="{poll_id}"]')
-    item.get_by_role("button", name="Reveal").click()
+    organiser_action(service, poll_id, "reveal")
     expect(presenter.locator("#bars")).to_be_visible(timeout=LIVE)
     expect_counts(presenter, {"A": 0, "B": 1}, 1)
+    # the phone learns of the reveal without a reload (it looks every 3 s while hidden)
+    expect(voter.locator("#results")).to_contain_text("Cake: 1 (100%)", timeout=3_000 + LIVE)
     phone.close()
+
+
+def test_presenter_shows_reconnecting_and_goes_back_to_the_stream_after_a_restart(
+    browser: Browser, two_nodes: list[LocalNode]
+) -> None:
+    env = {"REDIS_NODES": nodes_setting(two_nodes), "API_TOKEN": TOKEN, "VOTER_SECRET": "s"}
+    first = UvicornProcess(env=env).wait_ready()
+    second: UvicornProcess | None = None
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        definition = {"poll_id": "drop", "question": "Still there?", "options": OPTIONS}
+        assert httpx.post(f"{first.url}/api/v1/polls", json=definition, headers=auth).is_success
+        presenter = browser.new_page(base_url=first.url)
+        presenter.goto("/present/drop")
+        expect(presenter.locator("#total")).to_have_text("0")
+        expect(presenter.locator("#connection")).to_be_hidden()
+        first.kill()
+        expect(presenter.locator("#connection")).to_have_text("Reconnecting…", timeout=LIVE)
+        screenshot(presenter, "presenter_reconnecting")
+        second = UvicornProcess(env=env, port=first.port).wait_ready()  # the same address
+        voter = {"X-Voter-Id": "after-the-drop"}
+        vote = httpx.post(
+            f"{second.url}/api/v1/polls/drop/vote", json={"option_id": "Y"}, headers=voter
+        )
+        assert vote.status_code == 200
+        # back on the stream (EventSource's retry, then live.js's back-off of at most 8 s)
+        expect(presenter.locator("#total")).to_have_text("1", timeout=8_000 + LIVE)
+        expect(presenter.locator("#connection")).to_be_hidden()
+        expect(presenter.locator('.bar[data-option="Y"] .percent')).to_have_text("100%")
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
 
 
 def test_voter_page_without_javascript_votes_through_the_plain_form(
     browser: Browser, service: ServiceProcess
 ) -> None:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = AUTH
     definition = {
         "poll_id": "nojs",
         "question": "Coffee or tea?",
@@ -173,8 +199,14 @@ def test_voter_page_without_javascript_votes_through_the_plain_form(
     vote(page, "Coffee")
     expect(page.locator("#message")).to_have_text("You already voted")
     httpx.post(f"{service.url}/api/v1/polls/nojs/close", headers=auth)
-    vote(page, "Coffee")
-    expect(page.locator("#message")).to_have_text("This poll is closed")
+    page.goto(f"{service.url}/p/nojs")
+    expect(page.locator("#closed")).to_have_text("This poll is closed")  # rendered by the server
+    late = browser.new_context(java_script_enabled=False, **PHONE)  # a voter who had not voted
+    late_page = late.new_page()
+    late_page.goto(f"{service.url}/p/nojs")
+    vote(late_page, "Coffee")
+    expect(late_page.locator("#message")).to_have_text("This poll is closed")
+    late.close()
     no_cookie = httpx.post(f"{service.url}/p/nojs", data={"option_id": "C"})
     assert no_cookie.status_code == 422 and "must accept cookies" in no_cookie.text
     assert no_cookie.headers["set-cookie"].startswith("voter=")

@@ -98,6 +98,7 @@ class FastPath:
                         _text(headers.get(b"cookie")),
                         _text(headers.get(b"origin")),
                         _text(headers.get(b"host")),
+                        _text(headers.get(b"idempotency-key")),
                     ),
                 )
                 await _send(send, reply)

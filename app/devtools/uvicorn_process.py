@@ -26,8 +26,9 @@ class UvicornProcess:
         workers: int = 1,
         factory: bool = True,
         quiet: bool = False,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a restart at the same address
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "uvicorn", target, "--port", str(self.port)]
         command += ["--workers", str(workers), *SERVER_OPTIONS]

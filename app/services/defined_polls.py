@@ -14,9 +14,11 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from app.services.errors import (
     AlreadyVoted,
+    IdempotencyKeyReused,
     NodeDown,
     OutcomeUnknown,
     PollClosed,
@@ -29,6 +31,19 @@ from app.storage.base import NodeUnavailable
 from app.storage.defined import DefinedStore, DefinedVote, PollDefinition, PollRecord
 
 logger = logging.getLogger("app.defined_polls")
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """The node refused the vote's content (`out_of_range`, `too_many_entries`): 422."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+class DefinitionChanged(Exception):
+    """The poll was redefined since this instance read it: read it again."""
 
 
 class UnknownOption(Exception):
@@ -72,6 +87,8 @@ class DefinedPolls:
         self.changed: Callable[[str], None] = lambda poll_id: None
         self._definitions: OrderedDict[str, PollDefinition] = OrderedDict()
         self._max_definitions = max_definitions
+        # Told of each poll that counted a vote or closed (the history recorder).
+        self.on_change: Callable[[str], None] | None = None
 
     async def _send(self, node: str, checks: list[_Check]) -> list[str | Exception]:
         polls: dict[str, list[DefinedVote]] = {}
@@ -117,20 +134,44 @@ class DefinedPolls:
         self._remember(record.definition)
         return record
 
-    async def definition(self, poll_id: str) -> PollDefinition:
-        """The definition, from memory when this instance has seen it (it never changes)."""
-        known = self._definitions.get(poll_id)
+    async def definition(self, poll_id: str, fresh: bool = False) -> PollDefinition:
+        """The definition, from memory when this instance has seen it (it changes only
+        before the first vote: the node's script tells when it did)."""
+        known = None if fresh else self._definitions.get(poll_id)
         return known if known is not None else (await self.load(poll_id)).definition
 
-    async def vote(self, poll_id: str, option_id: str, voter: str) -> None:
+    def remembered(self, poll_id: str) -> bool:
+        return poll_id in self._definitions
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        """Change the definition's fields; None when done, else the first `locked` field
+        that would change while votes exist (nothing changed)."""
+        await self._ready(poll_id)
+        try:
+            refused = await self.store.redefine(poll_id, fields, locked)
+        except NodeUnavailable as exc:
+            self.changed(poll_id)  # it may have been written
+            raise unavailable(exc) from exc
+        self._definitions.pop(poll_id, None)
+        self.changed(poll_id)
+        if refused == "missing":
+            raise PollNotFound(f"poll {poll_id} does not exist")
+        return refused
+
+    async def vote(
+        self, poll_id: str, option_id: str, voter: str, key: str = "", kind: str = "single"
+    ) -> bool:
+        """Count the vote (payload `option_id`, checked by app/services/question_types.py);
+        True when counted now, False when it is a retry of this voter's last counted vote
+        under the same Idempotency-Key (nothing added)."""
         definition = await self.definition(poll_id)
-        if option_id not in definition.option_ids:
+        if kind in ("single", "quiz") and option_id not in definition.option_ids:
             raise UnknownOption(definition.option_ids)
         await self._ready(poll_id)
         node = self.store.node_for(poll_id)
         try:
             outcome = await self.batcher.submit(
-                node, _Check(poll_id, DefinedVote(voter, option_id))
+                node, _Check(poll_id, DefinedVote(voter, option_id, key, kind))
             )
         except NodeUnavailable as exc:
             self.changed(poll_id)  # it may have been counted
@@ -138,17 +179,34 @@ class DefinedPolls:
         if outcome == "ok":
             self.accepted_votes += 1
             self.changed(poll_id)
-            return
+            if self.on_change is not None:
+                self.on_change(poll_id)
+            return True
+        if outcome == "repeat":
+            return False
+        if outcome == "changed":
+            self._definitions.pop(poll_id, None)
+            raise DefinitionChanged(poll_id)
+        raise self._refusal(poll_id, definition, outcome)
+
+    def _refusal(self, poll_id: str, definition: PollDefinition, outcome: str) -> Exception:
         if outcome == "already_voted":
-            raise AlreadyVoted(
-                f"this voter has already used the {definition.votes_per_voter} vote(s) "
+            allowed = definition.votes_per_voter
+            return AlreadyVoted(
+                f"this voter has already used the {allowed} vote(s) "
                 "the poll allows; this one was not counted"
             )
+        if outcome == "key_reused":
+            return IdempotencyKeyReused(
+                "this Idempotency-Key was used by this voter for another vote; not counted"
+            )
         if outcome == "closed":
-            raise PollClosed(f"poll {poll_id} is closed")
+            return PollClosed(f"poll {poll_id} is closed")
         if outcome == "unknown_option":
-            raise UnknownOption(definition.option_ids)
-        raise PollNotFound(f"poll {poll_id} does not exist")
+            return UnknownOption(definition.option_ids)
+        if outcome in ("out_of_range", "too_many_entries"):
+            return Refused(outcome)
+        return PollNotFound(f"poll {poll_id} does not exist")
 
     async def set_state(self, poll_id: str, field: str, value: str) -> PollRecord:
         await self._ready(poll_id)
@@ -165,7 +223,10 @@ class DefinedPolls:
     async def close(self, poll_id: str) -> PollRecord:
         """From the moment this answers, no instance counts a vote for the poll: every
         vote is checked on the node, after this write."""
-        return await self.set_state(poll_id, "state", "closed")
+        record = await self.set_state(poll_id, "state", "closed")
+        if self.on_change is not None:
+            self.on_change(poll_id)  # its final point
+        return record
 
     async def reveal(self, poll_id: str) -> PollRecord:
         return await self.set_state(poll_id, "revealed", "1")
@@ -191,3 +252,44 @@ class DefinedPolls:
             return await self.store.history(poll_id)
         except NodeUnavailable as exc:
             raise NodeDown(f"{exc}; retry later") from exc
+
+    async def ready(self, name: str) -> None:
+        """Make `name` (a poll id, or an event's tag) whole on its node first."""
+        await self._ready(name)
+
+    async def _guard(self, poll_id: str, step: Awaitable[T]) -> T:
+        await self._ready(poll_id)
+        try:
+            return await step
+        except NodeUnavailable as exc:
+            raise NodeDown(f"{exc}; retry later") from exc
+
+    async def mine(self, poll_id: str, voter: str) -> tuple[int, str]:
+        """The votes this voter used and the payload(s) they chose ("" when none)."""
+        used, record = await self._guard(poll_id, self.store.mine(poll_id, voter))
+        return used, record.partition("\t")[2].split("\t")[0]
+
+    async def answers(self, poll_id: str) -> dict[str, tuple[str, int]]:
+        """A quiz's answers: voter -> (option, ms since the question started)."""
+        found = await self._guard(poll_id, self.store.records(poll_id))
+        answers = {}
+        for voter, record in found.items():
+            _, option, ms = ([*record.split("\t"), "0"])[:3]
+            answers[voter] = (option, int(ms or 0))
+        return answers
+
+    async def hide(self, poll_id: str, entry: str, hidden: bool) -> PollRecord:
+        try:
+            if not await self._guard(poll_id, self.store.hide(poll_id, entry, hidden)):
+                raise PollNotFound(f"poll {poll_id} does not exist")
+        finally:
+            self.changed(poll_id)  # public views drop (or show) the entry at once
+        return await self.load(poll_id)
+
+    async def start(self, poll_id: str) -> None:
+        if not await self._guard(poll_id, self.store.start(poll_id)):
+            raise PollNotFound(f"poll {poll_id} does not exist")
+
+    async def delete(self, poll_id: str) -> None:
+        await self._guard(poll_id, self.store.delete(poll_id))
+        self._definitions.pop(poll_id, None)

@@ -11,16 +11,22 @@ shares keys with the exercise's ad-hoc poll of the same id:
 
 A vote is checked and counted by one script, so an answer of 200 means the vote is stored:
 `total` always equals the sum of the counts, and a closed poll's results are final at once.
+
+(Long because the store's protocol, the record's codec and the Redis store that
+runs them read best side by side; the scripts live in question_scripts.py and
+defined_scripts.py.)
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from app.storage.base import NodeUnavailable
+from app.storage.defined_scripts import HIDE, REDEFINE, START
+from app.storage.question_scripts import SCRIPTS
 from app.storage.ring_durability import RingDurability
 
 T = TypeVar("T")
@@ -49,6 +55,15 @@ class PollDefinition:
     results: str  # "live" or "hidden"
     closes_at: int | None  # Unix time in milliseconds
     created_at: int
+    type: str = "single"  # single, multiple, rating, words, quiz (question_types.py)
+    max_choices: int = 1  # multiple
+    scale_min: int = 1  # rating
+    scale_max: int = 5  # rating
+    max_words: int = 3  # words: entries per voter
+    max_entries: int = 10_000  # words: distinct entries per poll
+    correct: str | None = None  # quiz: the correct option
+    time_limit: int | None = None  # quiz: seconds from the moment it becomes current
+    event_id: str | None = None
 
     @property
     def option_ids(self) -> list[str]:
@@ -64,12 +79,17 @@ class PollRecord:
     revealed: bool
     counts: dict[str, int]
     total: int
+    voters: int = 0  # people who answered
+    hidden: frozenset[str] = frozenset()  # words the organiser hid from public views
+    started_at: int | None = None  # when it first became its event's current poll (ms)
 
 
 @dataclass(frozen=True)
 class DefinedVote:
     voter: str  # a fixed-size key derived from the voter's id
-    option_id: str
+    option_id: str  # the payload: an option, options or words joined by newlines, a value
+    key: str = ""  # the Idempotency-Key, or ""
+    type: str = "single"
 
 
 class DefinedStore(Protocol):
@@ -113,6 +133,33 @@ class DefinedStore(Protocol):
         """The stored points, oldest first, each a JSON object."""
         ...
 
+    async def mine(self, poll_id: str, voter: str) -> tuple[int, str]:
+        """The votes this voter used and their own record ("" when none)."""
+        ...
+
+    async def records(self, poll_id: str) -> dict[str, str]:
+        """Every voter's own record."""
+        ...
+
+    async def hide(self, poll_id: str, entry: str, hidden: bool) -> bool:
+        """Hide (or show again) a words entry; False if the poll does not exist."""
+        ...
+
+    async def start(self, poll_id: str) -> bool:
+        """Stamp `started_at` (the node's time) the first time; a quiz with a time limit
+        then closes that many seconds later. False if the poll does not exist."""
+        ...
+
+    async def delete(self, poll_id: str) -> None:
+        """Remove every key of the poll."""
+        ...
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        """Set definition fields (as `encode_definition` writes them) in one step; unless a
+        `locked` field would change while the poll has votes: then nothing is set and that
+        field's name is answered. PollNotFound-style "missing" when there is no poll."""
+        ...
+
 
 def def_key(poll_id: str) -> str:
     return f"def:{{{poll_id}}}"
@@ -126,46 +173,29 @@ def voters_key(poll_id: str) -> str:
     return f"def:{{{poll_id}}}:voters"
 
 
-# KEYS[1] = the definition, KEYS[2] = counts, KEYS[3] = voters; ARGV = voter, option, ...
-# The node's clock decides `closes_at`, so every instance agrees on the moment.
-VOTE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local f = redis.call('HMGET', KEYS[1], 'state', 'closes_at', 'votes_per_voter', 'option_ids')
-local closed = f[1] == 'closed'
-if not closed and f[2] and f[2] ~= '' then
-  local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) >= tonumber(f[2]) then
-    closed = true
-    redis.call('HSET', KEYS[1], 'state', 'closed')
-  end
-end
-local limit = tonumber(f[3])
-local reply = {}
-local accepted = 0
-for i = 1, #ARGV, 2 do
-  local outcome = 'ok'
-  if closed then
-    outcome = 'closed'
-  elseif not string.find(f[4], '\\n' .. ARGV[i + 1] .. '\\n', 1, true) then
-    outcome = 'unknown_option'
-  elseif tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') >= limit then
-    outcome = 'already_voted'
-  else
-    redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
-    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
-    accepted = accepted + 1
-  end
-  reply[#reply + 1] = outcome
-end
-if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'total', accepted) end
-return reply
-"""
+def mine_key(poll_id: str) -> str:
+    """hash, voter key -> that voter's own record (question_scripts.py)."""
+    return f"def:{{{poll_id}}}:mine"
 
-# KEYS[1] = the definition, KEYS[2] = counts. The definition, the counts and the node's time.
+
+def hidden_key(poll_id: str) -> str:
+    """set: the words entries the organiser hid."""
+    return f"def:{{{poll_id}}}:hidden"
+
+
+def vote_keys(poll_id: str) -> list[str]:
+    return [def_key(poll_id), counts_key(poll_id), voters_key(poll_id), mine_key(poll_id)]
+
+
+VOTE = SCRIPTS["single"]  # the single-choice script (bench/ runs it directly)
+
+# KEYS[1] = the definition, KEYS[2] = counts, KEYS[3] = voters, KEYS[4] = hidden. The
+# definition, the counts, the node's time, the number of voters and the hidden entries.
 READ = """
 local t = redis.call('TIME')
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+        redis.call('HLEN', KEYS[3]), redis.call('SMEMBERS', KEYS[4])}
 """
 
 READ_ONLY_SCRIPTS = (READ,)  # scripts that write nothing: no durability wait
@@ -207,6 +237,9 @@ return 1
 """
 
 
+TYPE_FIELDS = ("max_choices", "scale_min", "scale_max", "max_words", "max_entries")
+
+
 def encode_definition(d: PollDefinition) -> list[str]:
     fields = {
         "question": d.question,
@@ -219,14 +252,34 @@ def encode_definition(d: PollDefinition) -> list[str]:
         "state": "open",
         "revealed": "0",
         "total": "0",
+        "type": d.type,
+        **{name: str(getattr(d, name)) for name in TYPE_FIELDS},
+        "correct": d.correct or "",
+        "time_limit": "" if d.time_limit is None else str(d.time_limit),
+        "event_id": d.event_id or "",
     }
     return [x for pair in fields.items() for x in pair]
+
+
+def count_keys(d: PollDefinition, counts: dict[str, str]) -> list[str]:
+    """The keys results show: the options, every value of a rating, the words counted."""
+    if d.type == "rating":
+        return [str(v) for v in range(d.scale_min, d.scale_max + 1)]
+    if d.type == "words":
+        return list(counts)
+    return d.option_ids
 
 
 def decode_record(
     poll_id: str, raw: dict[str, str], counts: dict[str, str], now: int
 ) -> PollRecord:
     closes_at = int(raw["closes_at"]) if raw.get("closes_at") else None
+    defaults = PollDefinition("", "", (), 1, "live", None, 0)
+
+    def number(name: str) -> int:
+        value = raw.get(name)
+        return int(value) if value else int(getattr(defaults, name))
+
     definition = PollDefinition(
         poll_id,
         raw["question"],
@@ -235,14 +288,24 @@ def decode_record(
         raw["results"],
         closes_at,
         int(raw["created_at"]),
+        raw.get("type") or "single",
+        max_choices=number("max_choices"),
+        scale_min=number("scale_min"),
+        scale_max=number("scale_max"),
+        max_words=number("max_words"),
+        max_entries=number("max_entries"),
+        correct=raw.get("correct") or None,
+        time_limit=int(raw["time_limit"]) if raw.get("time_limit") else None,
+        event_id=raw.get("event_id") or None,
     )
     closed = raw.get("state") == "closed" or (closes_at is not None and now >= closes_at)
     return PollRecord(
         definition,
         closed,
         raw.get("revealed") == "1",
-        {o: int(counts.get(o, 0)) for o in definition.option_ids},
+        {o: int(counts.get(o, 0)) for o in count_keys(definition, counts)},
         int(raw.get("total", 0)),
+        started_at=int(raw["started_at"]) if raw.get("started_at") else None,
     )
 
 
@@ -284,10 +347,12 @@ class RedisDefinedStore:
         )
 
     async def load(self, poll_id: str) -> PollRecord | None:
-        raw, counts, now = await self._eval(poll_id, READ, [def_key(poll_id), counts_key(poll_id)])
-        if not raw:
+        keys = [def_key(poll_id), counts_key(poll_id), voters_key(poll_id), hidden_key(poll_id)]
+        raw, counts, now, voters, hidden = await self._eval(poll_id, READ, keys)
+        if not raw or "question" not in _pairs(raw):
             return None
-        return decode_record(poll_id, _pairs(raw), _pairs(counts), int(now))
+        record = decode_record(poll_id, _pairs(raw), _pairs(counts), int(now))
+        return replace(record, voters=int(voters), hidden=frozenset(hidden))
 
     async def vote(self, poll_id: str, votes: list[DefinedVote]) -> list[str]:
         found = (await self.vote_many(self.node_for(poll_id), {poll_id: votes}))[poll_id]
@@ -301,9 +366,9 @@ class RedisDefinedStore:
         client = self.manager.client(node)
         commands = []
         for poll_id, votes in polls.items():
-            keys = [def_key(poll_id), counts_key(poll_id), voters_key(poll_id)]
-            args = [x for v in votes for x in (v.voter, v.option_id)]
-            commands.append(("EVAL", VOTE, len(keys), *keys, *args))
+            keys = vote_keys(poll_id)
+            args = [x for v in votes for x in (v.voter, v.key, v.option_id)]
+            commands.append(("EVAL", SCRIPTS[votes[0].type], len(keys), *keys, *args))
         # Each poll's script stands alone: one that failed (a slot moving, on a cluster)
         # fails that poll's votes only, never the others' answers.
         if self.durable is not None:
@@ -349,3 +414,34 @@ class RedisDefinedStore:
         client = self.manager.client(node)
         points: list[str] = await self.call(node, client.lrange(history_key(poll_id), 0, -1))
         return points
+
+    async def mine(self, poll_id: str, voter: str) -> tuple[int, str]:
+        node = self.node_for(poll_id)
+        pipe = self.manager.client(node).pipeline(transaction=False)
+        pipe.hget(voters_key(poll_id), voter)
+        pipe.hget(mine_key(poll_id), voter)
+        used, record = await self.call(node, pipe.execute())
+        return int(used or 0), record or ""
+
+    async def records(self, poll_id: str) -> dict[str, str]:
+        node = self.node_for(poll_id)
+        found = await self.call(node, self.manager.client(node).hgetall(mine_key(poll_id)))
+        return {str(v): str(r) for v, r in found.items()}
+
+    async def hide(self, poll_id: str, entry: str, hidden: bool) -> bool:
+        keys = [def_key(poll_id), hidden_key(poll_id)]
+        return bool(await self._eval(poll_id, HIDE, keys, entry, "1" if hidden else "0"))
+
+    async def start(self, poll_id: str) -> bool:
+        return bool(await self._eval(poll_id, START, [def_key(poll_id)]))
+
+    async def redefine(self, poll_id: str, fields: dict[str, str], locked: list[str]) -> str | None:
+        pairs = [x for item in fields.items() for x in item]
+        args = [str(len(locked)), *locked, *pairs]
+        found = await self._eval(poll_id, REDEFINE, [def_key(poll_id)], *args)
+        return None if found[0] == "ok" else str(found[-1])
+
+    async def delete(self, poll_id: str) -> None:
+        node = self.node_for(poll_id)
+        keys = [*vote_keys(poll_id), history_key(poll_id), hidden_key(poll_id)]
+        await self.call(node, self.manager.client(node).delete(*keys))

@@ -1,6 +1,6 @@
 """Moving a defined poll's keys to another node, exactly, whatever step a crash cuts off.
 
-The poll's keys (`def:{<id>}`, `:counts`, `:voters`, `:history`: app/storage/defined.py) are
+The poll's keys (`def:{<id>}` and its parts in PARTS: app/storage/defined.py) are
 not added up like ad-hoc counts: they move whole. From node X to node Y:
 1. STAGE on X, one script: if the record `dmove:{<id>}` exists, return it (a resume); else
    RENAME each existing key to its staged name `dmove:{<id>}:<part>` and write the record
@@ -20,7 +20,10 @@ commit).
 
 from __future__ import annotations
 
-PARTS = ("def", "counts", "voters", "history")
+# New parts go at the end: a staged record names its parts by their index here. Events use
+# the same parts (`def:{<event id>}`, `:polls`, `:names`: app/storage/events.py), so an
+# event and its join code move exactly as a poll does.
+PARTS = ("def", "counts", "voters", "history", "mine", "hidden", "polls", "names")
 
 
 def live_key(poll_id: str, part: str) -> str:
@@ -50,7 +53,7 @@ def stage_keys(poll_id: str, resume_only: bool) -> list[str]:
     return [record_key(poll_id), *live, *(staged_key(poll_id, p) for p in PARTS)]
 
 
-# KEYS[1] = the record, KEYS[2..5] = live keys, KEYS[6..9] = staged keys (PARTS order);
+# KEYS[1] = the record, KEYS[2..n+1] = live keys, KEYS[n+2..2n+1] = staged keys (PARTS order);
 # ARGV[1] = a new transfer id, ARGV[2] = the target, ARGV[3], ARGV[4] = the ring:moving
 # marker and its value, set with a new record (app/storage/moves.py, MOVING_KEY). Replies
 # the record's HGETALL ({} when nothing is there). Fields: id, target, parts (the indices of
@@ -58,10 +61,11 @@ def stage_keys(poll_id: str, resume_only: bool) -> list[str]:
 STAGE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
 if #KEYS == 1 then return {} end
+local n = (#KEYS - 1) / 2
 local parts = {}
-for i = 1, 4 do
+for i = 1, n do
   if redis.call('EXISTS', KEYS[1 + i]) == 1 then
-    redis.call('RENAME', KEYS[1 + i], KEYS[5 + i])
+    redis.call('RENAME', KEYS[1 + i], KEYS[1 + n + i])
     table.insert(parts, i)
   end
 end
@@ -72,34 +76,38 @@ redis.call('SET', ARGV[3], ARGV[4])
 return record
 """
 
-# KEYS[1] = the marker, KEYS[2..5] = live keys, KEYS[6..9] = copies; ARGV[1] = transfer id,
-# ARGV[2] = the parts present ("1,3"). Replies 1 when committed now, 2 when it was before.
+# KEYS[1] = the marker, KEYS[2..n+1] = live keys, KEYS[n+2..2n+1] = copies; ARGV[1] =
+# transfer id, ARGV[2] = the parts present ("1,3"). Replies 1 when committed now, 2 when it
+# was before.
 COMMIT = """
+local n = (#KEYS - 1) / 2
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('DEL', KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+  for i = 1, n do redis.call('DEL', KEYS[1 + n + i]) end
   return 2
 end
-if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) > 0 then
-  return redis.error_reply('CONFLICT ' .. KEYS[2] .. ' already exists on the target')
-end
-for i in string.gmatch(ARGV[2], '%d+') do
-  local k = tonumber(i)
-  if redis.call('EXISTS', KEYS[5 + k]) == 0 then
-    return redis.error_reply('MISSING ' .. KEYS[5 + k] .. ' was not restored')
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + i]) == 1 then
+    return redis.error_reply('CONFLICT ' .. KEYS[2] .. ' already exists on the target')
   end
 end
 for i in string.gmatch(ARGV[2], '%d+') do
   local k = tonumber(i)
-  redis.call('RENAME', KEYS[5 + k], KEYS[1 + k])
+  if redis.call('EXISTS', KEYS[1 + n + k]) == 0 then
+    return redis.error_reply('MISSING ' .. KEYS[1 + n + k] .. ' was not restored')
+  end
+end
+for i in string.gmatch(ARGV[2], '%d+') do
+  local k = tonumber(i)
+  redis.call('RENAME', KEYS[1 + n + k], KEYS[1 + k])
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS[1] = the record, KEYS[2..5] = staged keys; ARGV[1] = transfer id.
+# KEYS[1] = the record, KEYS[2..] = staged keys; ARGV[1] = transfer id.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
-  return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  return redis.call('DEL', unpack(KEYS))
 end
 return 0
 """

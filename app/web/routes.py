@@ -6,13 +6,11 @@ through the JSON API instead and shows the same messages without a reload."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import segno
 from fastapi import APIRouter, Request, Response
-from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from app.api import defined
@@ -23,10 +21,8 @@ from app.core.ids import id_error
 from app.services.defined_polls import UnknownOption
 from app.services.errors import AlreadyVoted, PollClosed, PollNotFound, VoteRejected
 from app.storage.defined import PollRecord
+from app.web.pages import page
 
-HERE = Path(__file__).parent
-STATIC_DIR = HERE / "static"
-templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 
 # What a voter is told, by outcome; voter.js shows the same texts (from the page).
@@ -43,7 +39,7 @@ MESSAGES = {
 
 
 def _page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
-    return templates.TemplateResponse(request, name, context, status_code=status)
+    return page(request, name, status, **context)
 
 
 def _problem(request: Request, exc: VoteRejected) -> Response:
@@ -78,7 +74,13 @@ def _voter_page(
 ) -> Response:
     """The question and a button per option; gives a browser without one its voter cookie."""
     response = _page(
-        request, "voter.html", status, poll=record.definition, messages=MESSAGES, message=message
+        request,
+        "voter.html",
+        status,
+        poll=record.definition,
+        closed=record.closed,
+        messages=MESSAGES,
+        message=message,
     )
     cookies = request.app.state.voter_cookies
     secure = request.url.scheme == "https"

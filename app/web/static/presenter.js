@@ -1,11 +1,13 @@
-// Keeps the bars live: the results stream (Server-Sent Events) when the service has it, else
-// the results endpoint every second. Each update has the shape of GET .../results.
+// Keeps the bars live from the results stream (Server-Sent Events), and goes back to it after
+// a drop (live.js), showing "reconnecting" meanwhile. Each event has the shape of
+// GET .../results. Hidden results: the stream is refused (403) until the organiser reveals
+// them, so the poll's state is looked at every second (every 10 s once it is closed) until then.
+import { follow, showConnection } from "./live.js";
+
 const main = document.querySelector("main[data-poll-id]");
 const pollId = encodeURIComponent(main.dataset.pollId);
 const api = `/api/v1/polls/${pollId}`;
 const CLOSED = "Voting closed — final results";
-let finished = false;
-let polling = false;
 
 function setState(closed) {
   document.getElementById("state").textContent = closed ? CLOSED : "Voting open";
@@ -16,6 +18,8 @@ function showResults(visible) {
   document.getElementById("bars").hidden = !visible;
   document.querySelector(".total").hidden = !visible;
 }
+
+const percent = (count, total) => (total ? Math.round((100 * count) / total) : 0);
 
 function render(results) {
   showResults(true);
@@ -30,64 +34,29 @@ function render(results) {
       void count.offsetWidth; // restart the animation
       count.classList.add("bump");
     }
+    bar.querySelector(".percent").textContent = `${percent(option.count, total)}%`;
     bar.querySelector(".fill").style.width = total ? `${(100 * option.count) / total}%` : "0%";
   }
   document.getElementById("total").textContent = total;
   setState(results.final);
-  finished = results.final;
+  return results.final;
 }
 
-// How long to wait before the next look: a closed poll whose results are still hidden
-// changes only when the organiser reveals it, so it is asked about less often.
-async function pollOnce() {
-  const response = await fetch(`${api}/results`);
-  if (response.ok) {
-    render(await response.json());
-  } else if (response.status === 403) { // hidden until revealed: still show open/closed
-    showResults(false);
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The stream was refused: while the results are hidden, wait for the reveal.
+async function untilVisible() {
+  for (;;) {
     const poll = await fetch(api, { credentials: "omit" });
-    if (poll.ok && (await poll.json()).state === "closed") {
-      setState(true);
-      return 10000;
-    }
+    if (!poll.ok) return; // not a hidden poll's answer: the stream is tried again
+    const state = await poll.json();
+    if (state.results_visible) return;
+    showResults(false);
+    setState(state.state === "closed");
+    showConnection("live");
+    await pause(state.state === "closed" ? 10000 : 1000);
   }
-  return 1000;
-}
-
-async function poll() {
-  if (polling) return;
-  polling = true;
-  while (!finished) {
-    let wait = 1000;
-    try {
-      wait = await pollOnce();
-    } catch {
-      // the service is unreachable for a moment: keep what is shown, try again
-    }
-    await new Promise((resolve) => setTimeout(resolve, wait));
-  }
-}
-
-function stream() {
-  if (!window.EventSource) return poll();
-  const source = new EventSource(`${api}/stream`);
-  let heard = false;
-  source.onmessage = (event) => {
-    heard = true;
-    render(JSON.parse(event.data));
-    if (finished) source.close();
-  };
-  source.onerror = () => {
-    source.close();
-    if (!finished) poll();
-  };
-  setTimeout(() => { // a stream that never opens (a proxy holding it back, say)
-    if (!heard) {
-      source.close();
-      poll();
-    }
-  }, 3000);
 }
 
 const final = main.dataset.closed === "true" && !document.getElementById("bars").hidden;
-if (!final) stream();
+if (!final) follow(`${api}/stream`, { onState: render, onStatus: showConnection, refused: untilVisible });

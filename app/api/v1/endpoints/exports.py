@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api import defined
 from app.api.deps import DefinedDep, SettingsDep
+from app.api.events import poll_rows
 from app.api.handlers import json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
 from app.api.v1.endpoints.polls import visible_record
@@ -41,8 +42,10 @@ def results_csv(record: PollRecord) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["option_id", "label", "count"])
-    for option_id, label in record.definition.options:
-        writer.writerow([cell(option_id), cell(label), record.counts.get(option_id, 0)])
+    labels = dict(record.definition.options)
+    # Rating values and (shown) words have no label: the key stands for it.
+    for _, key, count in poll_rows(record):
+        writer.writerow([cell(key), cell(labels.get(key, key)), count])
     return out.getvalue()
 
 
@@ -98,10 +101,10 @@ def _point(raw: str) -> dict[str, Any] | None:
 async def history(
     poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
 ) -> Response:
-    """Points `{at, counts, total}`, oldest first, the last 1,000 at most. A point is
-    recorded by a live results stream, at most once per `STREAM_INTERVAL_SECONDS` and only
-    when the total grew, so a poll that nobody watched has no points for that time. Hidden
-    results: 403 without the organiser's token."""
+    """Points `{at, counts, total}`, oldest first. A point is recorded about once a second
+    while the total grows (by the instance that counted the votes, watched or not, and by
+    live results streams), and always the final one at close. Hidden results: 403 without
+    the organiser's token."""
     found = await visible_record(poll_id, request, polls, settings)
     if isinstance(found, Response):
         return found

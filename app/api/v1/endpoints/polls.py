@@ -15,7 +15,7 @@ from app.api.handlers import Reply, invalid_reply, json_reply, rejected_reply, t
 from app.api.responses import ERRORS, read_request_body, to_response
 from app.api.v1.endpoints.votes import PollId, _json_body
 from app.api.voters import COOKIE, HEADER
-from app.schemas.defined import DefinedResults, PollCreate, PollOut
+from app.schemas.defined import DefinedResults, PollCreate, PollOut, scale, type_problems
 from app.schemas.polls import Message, VoteAccepted, VoteRequest
 from app.services.defined_polls import DefinedPolls, new_poll_id
 from app.services.errors import HIDDEN, VoteRejected
@@ -65,8 +65,9 @@ async def visible_record(
     return record
 
 
-def _definition(body: PollCreate) -> PollDefinition:
+def _definition(body: PollCreate, event_id: str | None = None) -> PollDefinition:
     closes_at = int(body.closes_at.timestamp() * 1000) if body.closes_at else None
+    low, high = scale(body)
     return PollDefinition(
         body.poll_id or new_poll_id(),
         body.question,
@@ -75,7 +76,32 @@ def _definition(body: PollCreate) -> PollDefinition:
         body.results,
         closes_at,
         int(time.time() * 1000),
+        type=body.type,
+        max_choices=body.max_choices or 2,
+        scale_min=low,
+        scale_max=high,
+        max_words=body.max_words or 3,
+        max_entries=body.max_entries or 10_000,
+        correct=body.correct,
+        time_limit=body.time_limit,
+        event_id=event_id,
     )
+
+
+def parse_definition(body: bytes, event_id: str | None = None) -> PollDefinition | Reply:
+    """The definition a create body asks for, or the 422 that names every bad field."""
+    try:
+        parsed = PollCreate.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        problems = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return invalid_reply(problems)
+    more = type_problems(parsed)
+    if more:
+        return invalid_reply(list(more))
+    return _definition(parsed, event_id)
 
 
 @router.post(
@@ -99,16 +125,11 @@ async def create_poll(request: Request, polls: DefinedDep, settings: SettingsDep
     body = await read_request_body(request, MAX_DEFINITION_BODY)
     if body is None:
         return to_response(too_large_reply(MAX_DEFINITION_BODY))
+    definition = parse_definition(body)
+    if not isinstance(definition, PollDefinition):
+        return to_response(definition)
     try:
-        parsed = PollCreate.model_validate_json(body)
-    except pydantic.ValidationError as exc:
-        problems = [
-            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        return to_response(invalid_reply(problems))
-    try:
-        record = await polls.create(_definition(parsed))
+        record = await polls.create(definition)
     except VoteRejected as exc:
         return to_response(rejected_reply(exc))
     return to_response(json_reply(201, defined.describe(record)))
@@ -180,7 +201,11 @@ async def vote(
         poll_id,
         body,
         defined.VoteHeaders(
-            headers.get(HEADER), headers.get("cookie"), headers.get("origin"), headers.get("host")
+            headers.get(HEADER),
+            headers.get("cookie"),
+            headers.get("origin"),
+            headers.get("host"),
+            headers.get("idempotency-key"),
         ),
     )
     return to_response(reply)

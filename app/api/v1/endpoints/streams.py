@@ -96,7 +96,8 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
             except VoteRejected:
                 pass  # the next read tries again
         body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
-        signature = (tuple(record.counts.items()), record.closed)
+        # hidden words change what subscribers see without changing a count
+        signature = (tuple(record.counts.items()), record.closed, tuple(sorted(record.hidden)))
         hidden = not defined.results_visible(record, organiser=False)
         return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
 
@@ -122,6 +123,11 @@ async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> R
     finally:
         if not streaming:
             subscription.close()
+
+
+async def open_stream(live: LiveResults, key: str, read: Reader) -> Response:
+    """A stream that anyone may follow (nothing in it is hidden)."""
+    return await _open(live, key, read, organiser=True)
 
 
 def _bad_id(poll_id: str) -> Response | None:
