@@ -92,10 +92,10 @@ class MemoryDefinedStore:
                 last = rest.split("\t")[0]
                 last = last.split("\n")[-1] if d.votes_per_voter > 1 else last
                 return "repeat" if last == v.option_id else "key_reused"
-            if used >= d.votes_per_voter:
-                return "already_voted"
         if self._closed(poll):
             return "closed"
+        if used >= d.votes_per_voter:
+            return "already_voted"
         entries = v.option_id.split("\n")
         if d.type in ("single", "multiple", "quiz") and not set(entries) <= set(d.option_ids):
             return "unknown_option"

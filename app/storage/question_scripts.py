@@ -20,7 +20,8 @@ sum of the counts.
 from __future__ import annotations
 
 # The common head: the node's clock closes the poll at `closes_at`, so every instance agrees
-# on the moment; `prior` says whether a voter's vote is a retry or over the limit.
+# on the moment; `retry` says whether a vote repeats the voter's last one under its key (a
+# retry is answered even after the close; a new vote then is 'closed', as before).
 HEAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'closes_at', 'votes_per_voter', 'option_ids',
@@ -42,25 +43,21 @@ local limit = tonumber(f[3] or '1') or 1
 local function known(option)
   return string.find(f[4] or '', '\\n' .. option .. '\\n', 1, true) ~= nil
 end
-local function prior(voter, key, payload)
+-- A retry: the same Idempotency-Key as the voter's last counted vote ('repeat' when the
+-- payload is the same too, else 'key_reused'); nil when it is none. Also the votes used.
+local function retry(voter, key, payload)
   local used = tonumber(redis.call('HGET', KEYS[3], voter) or '0')
-  if used == 0 then return nil end
-  if key ~= '' then
-    local mine = redis.call('HGET', KEYS[4], voter) or ''
-    local tab = string.find(mine, '\\t', 1, true)
-    if tab and string.sub(mine, 1, tab - 1) == key then
-      local rest = string.sub(mine, tab + 1)
-      local last = rest
-      local cut = string.find(rest, '\\t', 1, true)
-      if cut then last = string.sub(rest, 1, cut - 1) end
-      local nl = string.find(last, '\\n[^\\n]*$')
-      if limit > 1 and nl then last = string.sub(last, nl + 1) end
-      if last == payload then return 'repeat' end
-      return 'key_reused'
-    end
-  end
-  if used >= limit then return 'already_voted' end
-  return nil
+  if used == 0 or key == '' then return nil, used end
+  local mine = redis.call('HGET', KEYS[4], voter) or ''
+  local tab = string.find(mine, '\\t', 1, true)
+  if not tab or string.sub(mine, 1, tab - 1) ~= key then return nil, used end
+  local last = string.sub(mine, tab + 1)
+  local cut = string.find(last, '\\t', 1, true)
+  if cut then last = string.sub(last, 1, cut - 1) end
+  local nl = string.find(last, '\\n[^\\n]*$')
+  if limit > 1 and nl then last = string.sub(last, nl + 1) end
+  if last == payload then return 'repeat', used end
+  return 'key_reused', used
 end
 local function remember(voter, key, payload)
   redis.call('HINCRBY', KEYS[3], voter, 1)
@@ -77,10 +74,11 @@ local accepted = 0
 
 TAIL = """
 for i = 1, #ARGV, 3 do
-  local outcome = prior(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  if not outcome then
-    if closed then outcome = 'closed' else outcome = count(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
-  end
+  local outcome, used = retry(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  if outcome then
+  elseif closed then outcome = 'closed'
+  elseif used >= limit then outcome = 'already_voted'
+  else outcome = count(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
   reply[#reply + 1] = outcome
 end
 if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'total', accepted) end
