@@ -22,12 +22,15 @@ from app.api.responses import to_response
 from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
 from app.core.config import Settings, load_settings
+from app.core.gc_tuning import GcPauses, stop_recording, tune_after_start_up
+from app.core.limits import raise_open_files, stream_cap
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
-from app.services.live_results import LiveResults
+from app.services.live_results import HEARTBEAT_SECONDS, LiveResults
 from app.services.metrics import metrics_registry, metrics_route
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
+from app.services.stream_caps import StreamCaps
 from app.storage.base import Store
 from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
@@ -85,6 +88,21 @@ def build_defined(service: PollingService) -> DefinedPolls:
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())
+
+
+def build_live(settings: Settings) -> LiveResults:
+    """The streams' publishers, with caps that leave file handles for everything else."""
+    open_files = raise_open_files()
+    caps = StreamCaps(stream_cap(settings, open_files), settings.stream_max_per_client)
+    logger.info("open-file limit %d; at most %d live streams", open_files, caps.total)
+    return LiveResults(
+        settings.stream_interval_seconds,
+        heartbeat=HEARTBEAT_SECONDS,
+        buffer_bound=settings.stream_buffer_bytes,
+        stall_seconds=settings.stream_stall_seconds,
+        max_empty_polls=settings.stream_max_empty_polls,
+        caps=caps,
+    )
 
 
 def build_cookies(settings: Settings) -> VoterCookies:
@@ -146,10 +164,11 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.service = service
         app.state.defined = build_defined(service)
         app.state.voter_cookies = build_cookies(settings)
-        app.state.live = live = LiveResults(settings.stream_interval_seconds)
+        app.state.live = live = build_live(settings)
         app.state.metrics.stream_subscribers = lambda: live.subscribers
-        app.state.metrics.stream_reads = lambda: sum(live.reads.values())
+        app.state.metrics.stream_reads = lambda: live.reads.total
         await service.start()
+        tune_after_start_up(gc_pauses)
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
             "started: nodes %s; batch every %ss; cache %ss",
@@ -160,6 +179,7 @@ def create_api(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            stop_recording(gc_pauses)
             await app.state.live.close()
             if await service.stop():
                 logger.info("stopped: all held votes flushed")
@@ -180,6 +200,8 @@ def create_api(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
     registry, app.state.metrics = metrics_registry(app.state)
+    gc_pauses = GcPauses()
+    registry.register(gc_pauses)
     app.router.routes.append(metrics_route(registry))
 
     @app.get("/", tags=["health"], summary="Liveness")
