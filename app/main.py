@@ -168,7 +168,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: live.reads.total
         await service.start()
-        tune_after_start_up(gc_pauses)
+        tune_after_start_up(gc_pauses, settings.gc_tuning)
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
             "started: nodes %s; batch every %ss; cache %ss",

@@ -207,7 +207,8 @@ async def test_a_subscriber_that_does_not_read_skips_states_and_gets_the_newest(
     assert slow_seen == sorted(set(slow_seen)) and slow_seen[-1] == 100
     assert slow_seen[1] >= drained_at  # it skipped every state while it was over the bound
     assert live.reads["p"] == 100 and live.reads.total == 100
-    slow.close(), watcher.close()
+    slow.close()
+    watcher.close()
     assert not live.publishers and live.subscribers == 0
 
 

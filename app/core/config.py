@@ -135,6 +135,9 @@ class Settings(BaseSettings):
         description="Open files kept for the journal, the nodes and logs: past the open-file "
         "limit less this, new connections get 503 and are closed.",
     )
+    gc_tuning: bool = Field(
+        True, description="Freeze start-up objects and raise the collector's thresholds."
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")

@@ -58,11 +58,12 @@ class GcPauses(Collector):
         yield from (runs, paused, longest)
 
 
-def tune_after_start_up(pauses: GcPauses) -> None:
-    """Freeze what start-up made, raise the thresholds, and start recording pauses."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*THRESHOLDS)
+def tune_after_start_up(pauses: GcPauses, tune: bool = True) -> None:
+    """Freeze what start-up made, raise the thresholds (`tune`), and record pauses."""
+    if tune:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*THRESHOLDS)
     if pauses not in gc.callbacks:
         gc.callbacks.append(pauses)
 

@@ -17,7 +17,6 @@ leave with their last subscriber.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import OrderedDict
@@ -303,8 +302,11 @@ class Publisher:
         loop = asyncio.get_running_loop()
         while self.subscribers and (delay := due - loop.time()) > 0:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            timer = loop.call_later(delay, self._wake.set)  # no task per wait
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
 
 class Subscription:

@@ -114,7 +114,7 @@ async def _open(
         subscription = live.subscribe(key, read, client)
     except StreamsFull as exc:
         busy = {"detail": str(exc), "type": "too_many_streams"}
-        return to_response(json_reply(503, busy, RETRY_SOON))
+        return to_response(json_reply(503, busy, [*RETRY_SOON, (b"connection", b"close")]))
     streaming = False
     try:
         try:
