@@ -365,7 +365,7 @@ def gc_pauses(url: str) -> dict[str, float]:
     """The service's garbage collections so far (`polling_gc_*`, from `gc.callbacks`):
     runs and seconds paused over all generations, full (generation 2) runs, longest pause."""
     found = {"runs": 0.0, "seconds": 0.0, "full_runs": 0.0, "longest_s": 0.0}
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
         name, _, value = line.rpartition(" ")
         if name.startswith("polling_gc_collections_total{"):
             found["runs"] += float(value)

@@ -403,3 +403,25 @@ async def test_a_closed_polls_stream_tells_the_browser_not_to_come_back(
             assert stream.last["final"] is True
             assert stream.retry is not None and stream.retry >= 3_600_000  # EventSource waits
         assert live.reads["def:done"] == 1  # a final, visible state is not read again
+
+
+async def test_one_heartbeat_per_poll_reaches_every_subscriber() -> None:
+    live = LiveResults(interval=0.01, heartbeat=0.02)
+
+    async def read() -> Snapshot:
+        return Snapshot(b"{}", 1, 1)  # never changes: only pings follow the first event
+
+    subscriptions = [live.subscribe("p", read) for _ in range(3)]
+    sinks = [SlowTransport() for _ in subscriptions]
+    for subscription, sink in zip(subscriptions, sinks, strict=True):
+        await subscription.first()
+        sink.full = False
+        subscription.attach(sink, asyncio.Future[str]())
+    while len(sinks[0].written) < 4:
+        await asyncio.sleep(0.01)
+    pings = [[d for d in sink.written if unchunk(d) == b": ping\n\n"] for sink in sinks]
+    assert all(len(p) >= 3 for p in pings)
+    assert pings[0][0] is pings[1][0] is pings[2][0]  # one frame, written to each
+    assert len(live.publishers) == 1 and len(asyncio.all_tasks()) == 2  # this test + 1 timer
+    for subscription in subscriptions:
+        subscription.close()
