@@ -78,7 +78,12 @@ class EventStreamResponse(Response):
         if outcome == STALLED and connection is not None:
             connection.transport.abort()  # its buffer will not drain: drop it
         elif outcome != LEFT:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            try:  # the end waits for a full buffer to drain: not for ever
+                async with asyncio.timeout(self.subscription.publisher.registry.stall_seconds):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except TimeoutError:
+                if connection is not None:
+                    connection.transport.abort()
 
     async def _direct(self, connection: RawConnection, done: asyncio.Future[str]) -> str:
         def lost() -> None:
