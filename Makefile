@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test bench lint format clean
+.PHONY: install run rebalance test bench lint format clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
+# `make run NODES=3`: a third local node; a REDIS_NODES you set is used as it is.
 run: install
 	$(PY) -m app.devtools.run_local
+
+# `make rebalance ARGS=--dry-run`: what a ring change would move, on the nodes `make run`
+# starts (NODES, REDIS_NODES); they are started for it and stopped after (docs/operations.md).
+rebalance: install
+	$(PY) -m app.devtools.run_local rebalance $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

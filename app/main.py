@@ -18,16 +18,17 @@ from fastapi_offline import FastAPIOffline
 from app.api.deadlines import BodyDeadlines, BodyTimeout
 from app.api.fast_path import FastPath
 from app.api.handlers import timeout_reply
+from app.api.metrics import metrics_registry, metrics_route
+from app.api.refusals import OneLineRefusals, settings_or_exit
 from app.api.responses import to_response
 from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
-from app.core.config import Settings, load_settings
+from app.core.config import Settings
 from app.core.gc_tuning import GcPauses, stop_recording, tune_after_start_up
 from app.core.limits import raise_open_files, stream_cap
 from app.services.defined_polls import DefinedPolls
 from app.services.journal import Journal
 from app.services.live_results import HEARTBEAT_SECONDS, LiveResults
-from app.services.metrics import metrics_registry, metrics_route
 from app.services.polling_service import PollingService
 from app.services.results_cache import ResultsCache
 from app.services.stream_caps import StreamCaps
@@ -60,6 +61,7 @@ def build_store(settings: Settings) -> Store:
         settings.redis_timeout_seconds,
         settings.redis_tls_ca_file,
         settings.retiring_nodes,
+        allow_forgetful=settings.allow_nodes_without_persistence,
     )
 
 
@@ -78,6 +80,7 @@ def build_service(settings: Settings) -> PollingService:
         shutdown_flush_seconds=settings.shutdown_flush_seconds,
         journal=build_journal(settings),
         mover=mover,
+        ring_lease_seconds=settings.ring_lease_seconds,
     )
 
 
@@ -118,7 +121,24 @@ def build_journal(settings: Settings) -> Journal | None:
     left there."""
     if not settings.journal_dir:
         return None
-    return Journal(Path(settings.journal_dir), settings.journal_fsync)
+    return Journal(
+        Path(settings.journal_dir), settings.journal_fsync, max_bytes=settings.journal_max_bytes
+    )
+
+
+async def _warn_unreachable(store: Store) -> None:
+    """A start with nodes that do not answer serves anyway (votes for known options are
+    held for them): say so as a WARNING naming them, not in INFO lines alone."""
+    reachable = await store.ping()
+    down = [f"{label}={url}" for label, url in store.describe() if not reachable.get(label)]
+    if down:
+        some = f"{len(down)} of {len(reachable)} nodes not"
+        logger.warning(
+            "started with %s reachable: %s; votes for them are held (up to the backlog cap) "
+            "until they answer",
+            "no node" if len(down) == len(reachable) else some,
+            ", ".join(down),
+        )
 
 
 def _configure_logging(debug: bool) -> None:
@@ -149,7 +169,7 @@ async def _body_timeout(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> FastAPI | FastPath:
     """The ASGI app uvicorn runs: the API, behind the fast path unless that is turned off."""
-    settings = settings or load_settings()
+    settings = settings or settings_or_exit()  # uvicorn's factory: a bad setting is one line
     api = create_api(settings)
     return FastPath(api, settings.api_prefix) if settings.fast_vote_path else api
 
@@ -168,6 +188,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: live.reads.total
         await service.start()
+        await _warn_unreachable(service.store)
         tune_after_start_up(gc_pauses, settings.gc_tuning)
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
@@ -197,6 +218,7 @@ def create_api(settings: Settings) -> FastAPI:
         redirect_slashes=False,  # `/vote/` is no route: 404, not a redirect to one
         exception_handlers={RequestValidationError: _validation_error, BodyTimeout: _body_timeout},
     )
+    app.add_middleware(OneLineRefusals)  # a start-up refusal is one line, not a traceback
     app.state.settings = settings
     app.state.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
     registry, app.state.metrics = metrics_registry(app.state)

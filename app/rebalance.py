@@ -1,8 +1,9 @@
-"""`python -m app.rebalance [--dry-run]`: move the polls (ad-hoc and defined), their
-Idempotency-Key markers and claims whose owner changed under the ring `REDIS_NODES` names
-(off `REDIS_RETIRING_NODES` too), and finish moves staged by a run that was cut off, as the
-service does at start. Run it with every instance stopped; `--dry-run` only says what would
-move."""
+"""`.venv/bin/python -m app.rebalance [--dry-run]`, or `make rebalance ARGS=--dry-run`: move
+the polls (ad-hoc and defined), their Idempotency-Key markers and claims whose owner changed
+under the ring `REDIS_NODES` names (off `REDIS_RETIRING_NODES` too), and finish moves staged
+by a run that was cut off, as the service does at start. Run it with every instance stopped;
+`--dry-run` only says what would move. With REDIS_CLUSTER_URL set it refuses (exit 2): a
+cluster moves its own slots and has no ring of ours."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def summary(report: Report, dry_run: bool) -> list[str]:
     share = report.moved / report.polls if report.polls else 0.0
     verb = "would move" if dry_run else "moved"
     votes = "" if dry_run else f", {report.votes} votes"
-    lines.append(f"{verb} {report.moved} of {report.polls} polls ({share:.1%}){votes}")
+    lines.append(
+        f"{verb} {report.moved} of {report.polls} polls ({share:.1%}){votes}; "
+        f"{report.scanned} keys scanned"
+    )
     staged = "would finish" if dry_run else "finished"
     lines.append(f"{staged} {report.staged} moves staged by an earlier run (move:*, dmove:*)")
     claims = "would move" if dry_run else "moved"
@@ -37,6 +41,14 @@ def summary(report: Report, dry_run: bool) -> list[str]:
 
 async def rebalance(dry_run: bool) -> int:
     settings = load_settings()
+    if settings.cluster is not None:
+        print(
+            "REDIS_CLUSTER_URL is set: a Redis Cluster places polls by its own slots and has "
+            "no ring of ours, so nothing moves here (move slots with valkey-cli --cluster "
+            "reshard; see docs/operations.md)",
+            file=sys.stderr,
+        )
+        return 2
     if not settings.nodes:
         print("REDIS_NODES is empty: nothing to rebalance", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from app.devtools.local_nodes import LocalNode
 from app.main import create_app
 from app.services.polling_service import PollingService
 from app.storage.cluster_store import slot_of
+from app.storage.defined import def_key
 from app.storage.redis_store import aside_key, poll_key
 from tests.conftest import settings_for
 from tests.proxies import Proxy
@@ -274,3 +275,26 @@ def cluster_nodes_flag(cluster: LocalCluster, observer: LocalNode, node_id: str)
         text = str(client.execute_command("CLUSTER", "NODES"))
     line = next(ln for ln in text.splitlines() if ln.startswith(node_id))
     return line.split()[2].split(",")
+
+
+# What the tests that define polls on the cluster send.
+def add_master(cluster: LocalCluster, node: LocalNode) -> LocalNode:
+    """Scale out: a new, empty master (started beforehand, cluster mode on) joins the
+    cluster (CLUSTER MEET), as an operator does before resharding slots onto it."""
+    bus = node.extra_args[node.extra_args.index("--cluster-port") + 1]
+    for other in cluster.nodes:  # each meets it: no waiting for gossip to spread the news
+        with master(other) as client:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+    cluster.nodes.append(node)  # stopped with the cluster
+    cluster.wait_ok(DEADLINE)
+    return node
+
+
+TOKEN = "t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TWO_OPTIONS = [{"id": "A", "label": "a"}, {"id": "B", "label": "b"}]
+
+
+def defined_total(cluster: LocalCluster, poll_id: str) -> int:
+    with master(cluster.owner(slot_of(poll_id))) as node:
+        return int(node.hget(def_key(poll_id), "total") or 0)

@@ -30,15 +30,19 @@ NodeFactory = Callable[..., LocalNode]
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
-    """Start a node on a free port: `start_node()`, `start_node(persist=True)`."""
+    """Start a node on a free port: `start_node()`, `start_node(persist=True)` (its data
+    survives a restart), `start_node(forgetful=True)` (no AOF at all)."""
     nodes: list[LocalNode] = []
 
     def start(
-        persist: bool = False, port: int | None = None, password: str | None = None
+        persist: bool = False,
+        port: int | None = None,
+        password: str | None = None,
+        forgetful: bool = False,
     ) -> LocalNode:
         port = port or free_port()
         data = tmp_path / f"node-{port}" if persist else None
-        node = LocalNode(port, data, password)
+        node = LocalNode(port, data, password, forgetful=forgetful)
         nodes.append(node)
         return node.start()
 
@@ -60,6 +64,7 @@ def settings_for(nodes: list[LocalNode] | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_nodes": nodes_setting(nodes) if nodes else "",
         "batch_interval_seconds": 3600,  # tests flush explicitly unless they ask otherwise
+        "ring_lease_seconds": 1.0,  # a killed service's lease ends soon
     }
     values.update(overrides)
     return load_settings(**values)
@@ -124,5 +129,5 @@ def service_for(store: Store, *, cache_ttl: float = 0, **extra: Any) -> PollingS
         max_options_per_poll=10,
         max_pending_pairs_per_node=100_000,
         shutdown_flush_seconds=0,
-        **extra,
+        **({"ring_lease_seconds": 1.0} | extra),  # a killed service's lease ends soon
     )

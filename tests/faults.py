@@ -25,9 +25,11 @@ class Crash(BaseException):
 
 
 class FaultPlan:
-    def __init__(self, at: int = 0, mode: str = "none") -> None:
+    def __init__(self, at: int = 0, mode: str = "none", also: tuple[int, str] = (0, "")) -> None:
         self.at = at  # the step to break, 1-based; 0 = none
         self.mode = mode  # "fail", "crash" or "lost_reply"
+        self.faults = {at: mode, also[0]: also[1]}  # `also`: a second fault, later
+        self.faults.pop(0, None)
         self.step = 0
         self.crashed = False
         self.steps: list[str] = []
@@ -39,14 +41,14 @@ class FaultPlan:
             raise Crash(name)
         self.step += 1
         self.steps.append(name)
-        return self.step == self.at and self.mode == "fail"
+        return self.faults.get(self.step) == "fail"
 
     def after(self) -> bool:
         """True when this step's reply must be lost; Crash when the process dies here."""
-        if self.step == self.at and self.mode == "crash":
+        if self.faults.get(self.step) == "crash":
             self.crashed = True
             raise Crash(self.steps[-1])
-        return self.step == self.at and self.mode == "lost_reply"
+        return self.faults.get(self.step) == "lost_reply"
 
 
 class FaultyFiles(FileOps):
@@ -105,6 +107,11 @@ class FaultyStore:
     @property
     def nodes(self) -> list[str]:
         return self.inner.nodes
+
+    @property
+    def marks_per_node(self) -> bool:
+        """As the store behind it: so its lists are chained to the last confirmed batch."""
+        return bool(getattr(self.inner, "marks_per_node", False))
 
     def node_for(self, poll_id: str) -> str:
         return self.inner.node_for(poll_id)
@@ -171,6 +178,8 @@ async def abandon(service: PollingService) -> None:
         tasks.append(service.migration._task)
     if service.journal is not None:
         tasks.append(service.journal._task)
+    if service.lease is not None:
+        tasks.append(service.lease._task)  # its leases stay on the nodes until they expire
     for task in tasks:
         if task is not None:
             task.cancel()

@@ -1,28 +1,20 @@
-"""Settings, node parsing, and the packaging files agreeing with them."""
+"""Settings, node parsing, and the packaging files agreeing with them. The nginx and
+monitoring files are run by their real binaries instead (tests/test_nginx.py,
+tests/test_monitoring.py)."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import subprocess
-import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from app.api.bulk import MAX_BULK_BODY
 from app.core.config import Settings, SettingsError, load_settings
 from app.core.http_protocol import PROTOCOL
 from app.core.nodes import parse_nodes, redact_url
-from app.devtools.local_nodes import free_port
-from tests.conftest import ServiceProcess, running_app, settings_for
+from tests.local_nginx import shipped_upstreams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_are_the_final_stage() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert [(n.label, n.url) for n in settings.nodes] == [
-        ("redis_7000", "redis://localhost:7000"),
-        ("redis_7001", "redis://localhost:7001"),
+        ("redis_7000", "redis://127.0.0.1:7000"),
+        ("redis_7001", "redis://127.0.0.1:7001"),
     ]
     assert settings.virtual_nodes == 100
     assert settings.batch_interval_seconds == 10
@@ -174,42 +166,6 @@ def test_compose_monitoring_profile_scrapes_the_app() -> None:
     assert datasource["url"] == "http://prometheus:9090" and datasource["uid"] == "prometheus"
 
 
-async def test_every_dashboard_query_names_a_metric_the_app_exports(tmp_path: Path) -> None:
-    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboard.json").read_text())
-    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    assert len(queries) >= 8
-    settings = settings_for(None, journal_dir=str(tmp_path))
-    async with running_app(settings) as (client, _):
-        await client.post("/api/v1/vote/p", json={"option": "A"})  # a rejection, so it shows
-        text = (await client.get("/metrics")).text
-    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
-    for query in queries:
-        named = set(re.findall(r"\bpolling_\w+", query))
-        assert named, query
-        assert named <= exported, (query, named - exported)
-
-
-NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024, "g": 1024**3}
-NGINX_TEMP = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
-
-
-def nginx_directives(text: str) -> dict[str, str]:
-    """`name value;` lines of the config (the last one wins), comments dropped."""
-    found = {}
-    for line in text.splitlines():
-        line = line.split("#")[0].strip()
-        if line.endswith(";") and " " in line:
-            name, value = line[:-1].split(None, 1)
-            found[name] = value.strip()
-    return found
-
-
-def nginx_size(value: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()  # type: ignore[union-attr]
-    return int(number) * SIZE_UNITS[unit]
-
-
 def test_compose_puts_nginx_in_front_with_limits() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     nginx = services["nginx"]
@@ -220,18 +176,9 @@ def test_compose_puts_nginx_in_front_with_limits() -> None:
     assert "healthcheck" in services["app"]
     assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
 
-    text = NGINX_CONF.read_text()
-    conf = nginx_directives(text)
-    assert "location = /metrics {\n            return 404;" in text  # not on the public port
-    assert nginx_size(conf["client_max_body_size"]) >= MAX_BULK_BODY
-    assert f"at most {MAX_BULK_BODY} bytes" in text  # nginx's 413 says what the app's does
-    for name in ["client_header_timeout", "client_body_timeout", "send_timeout"]:
-        assert re.fullmatch(r"\d+s", conf[name]), name
-    assert "keepalive_timeout" in conf
-    count, size = conf["large_client_header_buffers"].split()
-    assert (int(count), nginx_size(size)) == (4, 8 * 1024)
-    assert conf["server"] == "app:8000" and conf["proxy_pass"] == "http://app"
-    assert conf["listen"] == "8000"
+    # The upstream is this file's app service; deploy/nginx.conf itself (listen 8000, its
+    # limits) is run by the real nginx in tests/test_nginx.py.
+    assert shipped_upstreams(ROOT / "deploy" / "nginx.conf") == ["app:8000"]
 
 
 REPLICAS = ["app-1", "app-2"]
@@ -272,75 +219,7 @@ def test_replicas_compose_runs_two_instances_of_the_same_app_behind_nginx() -> N
     assert nginx["volumes"] == ["./deploy/nginx.replicas.conf:/etc/nginx/nginx.conf:ro"]
     assert nginx["depends_on"] == {n: {"condition": "service_healthy"} for n in REPLICAS}
 
-    text = (ROOT / "deploy" / "nginx.replicas.conf").read_text()
-    upstream = re.search(r"upstream app \{(.*?)\}", text, re.S).group(1)  # type: ignore[union-attr]
-    assert re.findall(r"server (\S+);", upstream) == [f"{n}:8000" for n in REPLICAS]
-    # Otherwise the same nginx: the same limits and locations as deploy/nginx.conf.
-    assert text.split("http {", 1)[1] == NGINX_CONF.read_text().split("http {", 1)[1].replace(
-        "        server app:8000;\n", "        server app-1:8000;\n        server app-2:8000;\n"
-    )
-
-
-def nginx_test_config(tmp_path: Path, listen: int, upstream: str) -> Path:
-    """deploy/nginx.conf for a local run: our port and upstream, temp files under tmp_path
-    (Debian's build keeps them in /var/lib/nginx, which exists only once it is installed)."""
-    text = NGINX_CONF.read_text()
-    text = text.replace("listen 8000;", f"listen 127.0.0.1:{listen};")
-    text = text.replace("server app:8000;", f"server {upstream};")
-    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n" for kind in NGINX_TEMP)
-    text = text.replace("http {\n", "http {\n" + temp, 1)
-    path = tmp_path / "nginx.conf"
-    path.write_text(text)
-    return path
-
-
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
-
-
-def nginx_command(config: Path, tmp_path: Path, *extra: str) -> list[str]:
-    main = f"pid {tmp_path}/nginx.pid; daemon off; master_process off;"
-    return [str(NGINX), "-c", str(config), "-p", str(tmp_path), "-e", "stderr", "-g", main, *extra]
-
-
-@needs_nginx
-def test_nginx_accepts_the_config(tmp_path: Path) -> None:
-    config = nginx_test_config(tmp_path, free_port(), "127.0.0.1:9")
-    check = subprocess.run(nginx_command(config, tmp_path, "-t"), capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-
-
-@needs_nginx
-def test_nginx_in_front_passes_votes_and_answers_its_refusals_in_the_app_shape(
-    tmp_path: Path, start_service: Callable[..., ServiceProcess]
-) -> None:
-    service = start_service({"REDIS_NODES": "", "API_TOKEN": "tok"})
-    port = free_port()
-    config = nginx_test_config(tmp_path, port, f"127.0.0.1:{service.port}")
-    nginx = subprocess.Popen(nginx_command(config, tmp_path), stderr=subprocess.PIPE)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            for _ in range(200):  # until nginx listens
-                try:
-                    client.get("/")
-                    break
-                except httpx.TransportError:
-                    assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else ""
-                    time.sleep(0.05)
-            r = client.post("/api/v1/vote/p", json={"option_id": "A"})
-            assert r.status_code == 200, r.text
-            huge = client.post(
-                "/api/v1/votes",
-                content=b"[" + b" " * (3 * 1024 * 1024) + b"]",
-                headers={"Authorization": "Bearer tok"},
-            )
-            assert huge.status_code == 413
-            assert huge.json() == {"detail": "request body must be at most 2097152 bytes"}
-            long_head = client.get("/", headers={"X-Big": "a" * 10_000})
-            assert long_head.status_code == 431
-            assert long_head.json() == {"detail": "request header fields too large"}
-            assert client.get("/api/v1/results/" + "p" * 10_000).status_code == 414
-            assert client.get("/api/v1/results/p").json()["results"] == {"A": 1}
-    finally:
-        nginx.kill()
-        nginx.wait()
+    # deploy/nginx.replicas.conf balances these two; it is run by the real nginx in front
+    # of two services, with the same limits as deploy/nginx.conf (tests/test_nginx.py).
+    upstreams = shipped_upstreams(ROOT / "deploy" / "nginx.replicas.conf")
+    assert upstreams == [f"{name}:8000" for name in REPLICAS]

@@ -1,6 +1,8 @@
-"""A ring change cut off after STAGE, then another ring configured: the `ring:moving` marker
-makes the next start finish the staged moves, even when `ring:config` matches, and a record
-for a node nobody names is a named error (README "Adding or removing a node")."""
+"""A ring change cut off after STAGE, then another ring configured, or the old one rolled
+back: the `ring:moving` marker makes the next start finish the staged moves, even when
+`ring:config` matches; a staged record's stale target never hides its counts, from the scan
+or a first touch; and a record for a node nobody names is a named error (README "Adding or
+removing a node")."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import redis
 from app.devtools.local_nodes import LocalNode
 from app.services.errors import RebalanceBlocked, ResultsUnavailable
 from tests.conftest import NodeFactory
-from tests.test_review_moves import Gate, find_poll, make_service
+from tests.ring_helpers import Gate, counts_on, find_poll, make_service
 
 
 def markers(nodes: dict[str, LocalNode]) -> dict[str, bool]:
@@ -117,3 +119,117 @@ async def test_a_record_for_a_node_named_nowhere_is_a_named_error_not_a_key_erro
         assert (await fixed.results(poll_id)).results == {"A": 5}
     finally:
         await fixed.stop()
+
+
+async def test_a_move_cut_off_then_resumed_under_a_third_ring_brings_the_counts_to_the_owner(
+    start_node: NodeFactory,
+) -> None:
+    """Ring 1 (a, b, c); ring 2 removes c (c retiring): P moves c -> a, and the process is
+    killed right after STAGE on c (the record `move:{P}` says target a). The operator then
+    starts ring 3 (a, b, d; c still retiring), under which P belongs to d. The scan visits
+    a, b, d, then c, and P reads its 9 votes. (Found in review: the scan resumed the
+    record on c and copied P's counts to its stale target a, after a was scanned; every
+    read, on d, missed them.)"""
+    nodes = {label: start_node() for label in "abcd"}
+    poll_id = find_poll("p", [(["a", "b", "c"], "c"), (["a", "b"], "a"), (["a", "b", "d"], "d")])
+    with redis.Redis(port=nodes["c"].port) as client:
+        client.hset(f"poll:{{{poll_id}}}", mapping={"A": 7, "B": 2})
+        client.sadd(f"poll:{{{poll_id}}}:options", "A", "B")
+
+    # Ring 2: the move of P stops right after STAGE on c (kill -9: nothing more happens).
+    service2, _, mover2 = make_service(nodes, ["a", "b"], retiring=["c"])
+    await service2.store.open()
+    staged = await mover2._stage("c", [poll_id], True, True, True)
+    assert staged[0].adhoc is not None and staged[0].adhoc.target == "a"
+    await service2.store.close()
+
+    # Ring 3.
+    service3, _, _ = make_service(nodes, ["a", "b", "d"], retiring=["c"])
+    await service3.start()
+    assert service3.migration is not None
+    await service3.migration.wait()
+    try:
+        assert service3.migration.describe()["state"] == "done"
+        where = {label: counts_on(node, poll_id) for label, node in nodes.items()}
+        assert (await service3.results(poll_id)).results == {"A": 7, "B": 2}, where
+    finally:
+        await service3.stop()
+
+
+async def test_rolling_back_a_ring_change_cut_off_mid_move_keeps_the_staged_counts(
+    start_node: NodeFactory,
+) -> None:
+    """Ring (a, b) recorded. Change to (a, b, c): the process is killed right after STAGE
+    of P on a (target c). The operator rolls back to (a, b) (c received nothing). The ring
+    recorded on a and b is the configured one, but the marker names c: the start is
+    refused until c is named retiring, and then P reads its 4 votes. (Found in review: no
+    move ran and P's 4 votes were invisible for good; with c retiring, the first read
+    raised a bare KeyError: 'c', an HTTP 500.)"""
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+    first, _, _ = make_service(nodes, ["a", "b"])
+    await first.start()
+    assert first.migration is not None
+    await first.migration.wait()  # records the ring a, b
+    await first.register({poll_id: ["A"]})
+    for _ in range(4):
+        first.vote(poll_id, "A")
+    assert await first.flusher.flush()
+    assert (await first.results(poll_id)).results == {"A": 4}
+    await first.stop()
+    ring2, _, mover2 = make_service(nodes, ["a", "b", "c"])
+    await ring2.store.open()
+    await mover2._stage("a", [poll_id], True, True, True)  # kill -9 after STAGE
+    await ring2.store.close()
+
+    refused, _, _ = make_service(nodes, ["a", "b"])
+    with pytest.raises(RebalanceBlocked, match="c=redis://"):
+        await refused.start()  # the marker names c: the rollback must name it retiring
+    await refused.store.close()
+    service, _, _ = make_service(nodes, ["a", "b"], retiring=["c"])
+    await service.start()
+    try:
+        observed: object
+        try:
+            observed = (await service.results(poll_id)).results
+        except Exception as exc:
+            observed = f"{type(exc).__name__}: {exc}"
+        assert observed == {"A": 4}
+    finally:
+        assert service.migration is not None
+        await service.migration.stop()
+        await service.stop()
+
+
+async def test_first_touch_under_a_third_ring_reads_the_counts_of_a_stale_staged_move(
+    start_node: NodeFactory,
+) -> None:
+    """As the first test, but P is read while the background move is held before its
+    first scan: that first read and every later one answer P's 9 votes. (Found in review:
+    `ensure` resumed the record on c, copying to its stale target a, in parallel with
+    moving P off a, read d and marked P settled, so the scan skipped it for good.)"""
+    nodes = {label: start_node() for label in "abcd"}
+    poll_id = find_poll("p", [(["a", "b", "c"], "c"), (["a", "b"], "a"), (["a", "b", "d"], "d")])
+    with redis.Redis(port=nodes["c"].port) as client:
+        client.hset(f"poll:{{{poll_id}}}", mapping={"A": 7, "B": 2})
+        client.sadd(f"poll:{{{poll_id}}}:options", "A", "B")
+    service2, _, mover2 = make_service(nodes, ["a", "b"], retiring=["c"])
+    await service2.store.open()
+    await mover2._stage("c", [poll_id], True, True, True)  # kill -9 after STAGE
+    await service2.store.close()
+
+    service3, _, mover3 = make_service(nodes, ["a", "b", "d"], retiring=["c"])
+    scan = mover3.before[(None, "scan", 0)] = Gate()
+    await service3.start()
+    try:
+        await scan.reached.wait()
+        first = (await service3.results(poll_id)).results
+        scan.go.set()
+        assert service3.migration is not None
+        await service3.migration.wait()
+        service3.cache.forget([poll_id])
+        later = (await service3.results(poll_id)).results
+        assert (first, later) == ({"A": 7, "B": 2}, {"A": 7, "B": 2})
+    finally:
+        scan.go.set()
+        await service3.stop()

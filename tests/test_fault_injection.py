@@ -15,6 +15,7 @@ After each, a clean start recovers and drains, and the invariants are checked:
 from __future__ import annotations
 
 import contextlib
+import random
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -167,11 +168,13 @@ def flush_nodes(nodes: list[LocalNode]) -> None:
             client.flushall()
 
 
-async def run_case(nodes: list[LocalNode], at: int, mode: str) -> tuple[FaultPlan, Tally]:
+async def run_case(
+    nodes: list[LocalNode], at: int, mode: str, also: tuple[int, str] = (0, "")
+) -> tuple[FaultPlan, Tally]:
     flush_nodes(nodes)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "journal"
-        plan, tally = FaultPlan(at, mode), Tally()
+        plan, tally = FaultPlan(at, mode, also), Tally()
         await scenario(nodes, folder, plan, tally)
         final = build(nodes, folder, FaultPlan())  # a clean restart: recover, then drain
         await final.start()
@@ -203,3 +206,29 @@ async def test_every_io_step_failed_or_crashed_keeps_counts_exact(
             cases += 1
     with capsys.disabled():
         print(f"\nfault injection: {len(clean.steps)} I/O steps, {cases} faults, all exact")
+
+
+PAIRS_SAMPLED = 30  # of about 20,000 possible pairs; a fixed seed, so every run tries the same
+
+
+async def test_pairs_of_faults_keep_counts_exact(
+    nodes: list[LocalNode], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two faults in one run: a node call fails or loses its reply (a node down, or a
+    failover's lost answer), and later another step fails or the process dies (kill -9
+    while that node is still held, a failed seal after it, ...). All pairs would take
+    minutes, so a fixed sample of PAIRS_SAMPLED, every kind of first fault represented."""
+    clean, _ = await run_case(nodes, 0, "none")
+    firsts = [
+        (at, mode)
+        for at, name in enumerate(clean.steps, start=1)
+        if name.startswith("node")
+        for mode in ("fail", "lost_reply")
+    ]
+    seconds = [(at, mode) for at in range(1, len(clean.steps) + 1) for mode in ("fail", "crash")]
+    possible = [(a, b) for a in firsts for b in seconds if b[0] > a[0]]
+    chosen = random.Random(16).sample(possible, PAIRS_SAMPLED)
+    for (first_at, first_mode), second in chosen:
+        await run_case(nodes, first_at, first_mode, also=second)
+    with capsys.disabled():
+        print(f"\nfault pairs: {len(chosen)} sampled of {len(possible)} possible, all exact")

@@ -47,7 +47,7 @@ def test_a_held_pair_costs_no_more_than_the_budget_says() -> None:
     import tracemalloc
 
     from app.services.flusher import Flusher
-    from app.services.polling_service import BYTES_PER_PAIR
+    from app.services.health_report import BYTES_PER_PAIR
     from app.services.vote_buffer import VoteBuffer
     from app.storage.memory import MemoryStore
 

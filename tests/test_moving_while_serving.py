@@ -21,6 +21,7 @@ from app.services.errors import (
     AlreadyVoted,
     IdempotencyKeyReused,
     RebalanceBlocked,
+    ResultsUnavailable,
     VoteRejected,
 )
 from app.services.polling_service import PollingService
@@ -30,6 +31,7 @@ from app.storage.mover import Mover
 from app.storage.redis_store import ShardedRedisStore
 from tests.conftest import NodeFactory, moving_service
 from tests.faults import Crash, FaultPlan, abandon
+from tests.ring_helpers import Gate, find_poll, make_service
 from tests.test_rebalance import LABELS, expected, moved, seed
 
 T = TypeVar("T")
@@ -274,3 +276,47 @@ async def test_a_defined_poll_already_on_its_new_owner_is_not_overwritten(
         assert a.hlen("dmove:{d0}:voters") == 3
     with redis.Redis(port=nodes[2].port, decode_responses=True) as c:
         assert c.hget("def:{d0}", "question") == "other"
+
+
+async def test_during_the_move_a_node_down_fails_only_first_reads_of_polls_it_held(
+    start_node: NodeFactory,
+) -> None:
+    """README: "A touch that needs a node that is down answers 503, as a read of that node
+    would." P lives on a under both rings (a, b) and (a, b, c); it was never on b. With b
+    down during the move, the first read of P is served (with the ring (a, b) recorded, a
+    first touch looks at the poll's owner under that ring only), and a poll Q that was on b
+    answers 503 naming b. (Found in review: the first read of P failed, as ensure STAGEd on
+    every node. Without a recorded ring a first touch still looks everywhere: the ring is
+    recorded first here.)"""
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "a")])
+    on_b = find_poll("q", [(["a", "b"], "b"), (["a", "b", "c"], "c")])
+    old, _, _ = make_service(nodes, ["a", "b"])
+    await old.start()
+    assert old.migration is not None
+    await old.migration.wait()  # records the ring a, b
+    await old.stop()
+    with redis.Redis(port=nodes["b"].port) as client:
+        client.hset(f"poll:{{{on_b}}}", mapping={"A": 1})
+    with redis.Redis(port=nodes["a"].port) as client:
+        client.hset(f"poll:{{{poll_id}}}", mapping={"A": 3})
+        client.sadd(f"poll:{{{poll_id}}}:options", "A")
+    service, _, mover = make_service(nodes, ["a", "b", "c"])
+    scan = mover.before[(None, "scan", 0)] = Gate()  # the background move stays active
+    await service.start()
+    try:
+        await scan.reached.wait()
+        nodes["b"].kill()
+        observed: object
+        try:
+            observed = (await service.results(poll_id)).results
+        except Exception as exc:
+            observed = f"{type(exc).__name__}: {exc}"
+        assert observed == {"A": 3}
+        with pytest.raises(ResultsUnavailable, match="node b"):
+            await service.results(on_b)  # it may hold counts a client saw: never without them
+    finally:
+        scan.go.set()
+        assert service.migration is not None
+        await service.migration.stop()
+        await service.stop()

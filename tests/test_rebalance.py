@@ -20,10 +20,11 @@ from app.devtools.local_nodes import LocalNode
 from app.services.journal import Journal
 from app.services.polling_service import PollingService
 from app.storage.base import Applied, Batch, NodeUnavailable
-from app.storage.mover import Mover
+from app.storage.mover import SAMPLE, Mover
 from app.storage.redis_store import ShardedRedisStore
 from tests.conftest import NodeFactory, running_app, service_for, settings_for
 from tests.faults import Crash, FaultPlan, FaultyFiles, FaultyStore, abandon
+from tests.ring_helpers import find_poll, make_service
 
 T = TypeVar("T")
 POLLS = [f"p{i}" for i in range(120)]
@@ -273,3 +274,61 @@ def test_the_command_says_what_would_move_then_moves_it(start_node: NodeFactory)
     assert f"moved {moving} of {len(POLLS)} polls" in done
     assert_on_owners(nodes, LABELS)
     assert f"would move 0 of {len(POLLS)} polls" in run_command(["--dry-run"], nodes)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1e9"])
+def test_rebalance_batch_bad_values_give_a_settings_error(value: str) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(rebalance_batch=value)
+
+
+async def test_the_moves_bookkeeping_keeps_a_bounded_sample_of_poll_ids(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: polls are remembered "up to 1,000,000 polls; past that they are checked
+    again". With the cap lowered to 10 and 200 polls, every moved poll is counted, but the
+    report kept after the move (`Migration.last`) holds only a sample of poll ids per
+    (source, target). (Found in review: it kept every poll id it saw, about 150 bytes a
+    poll for the life of the process, unbounded by any cap.)"""
+    from app.services import migration as migration_module
+
+    monkeypatch.setattr(migration_module, "MAX_SETTLED", 10)
+    nodes = {label: start_node() for label in "abc"}
+    ring = HashRing(["a", "b"], 100)
+    polls = [f"m{i}" for i in range(200)]
+    for poll_id in polls:
+        with redis.Redis(port=nodes[ring.get_node(poll_id)].port) as client:
+            client.hset(f"poll:{{{poll_id}}}", mapping={"A": 1})
+    service, _, _ = make_service(nodes, ["a", "b", "c"])
+    await service.start()
+    assert service.migration is not None
+    await service.migration.wait()
+    try:
+        last = service.migration.last
+        assert last is not None
+        moving = sum(1 for p in polls if HashRing(["a", "b", "c"], 100).get_node(p) == "c")
+        assert last.moved == moving > migration_module.MAX_SETTLED  # counted, every one
+        # What the report keeps of poll ids: a sample per (source, target), whatever the
+        # number of polls (its counters are numbers).
+        remembered = sum(len(ids) for ids in last.sample.values())
+        assert remembered <= SAMPLE * len(last.moves) < moving, remembered
+    finally:
+        await service.stop()
+
+
+async def test_the_dry_run_counts_each_staged_move_once(start_node: NodeFactory) -> None:
+    """README step 3: the dry run says "how many moves staged by a run that was cut off it
+    would finish". One move is staged (a -> c, cut off after STAGE): the dry run says 1.
+    (Found in review: it passed the records twice, finishing nothing between, and said 2.)"""
+    nodes = {label: start_node() for label in "abc"}
+    p = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+    with redis.Redis(port=nodes["a"].port) as client:
+        client.hset(f"poll:{{{p}}}", mapping={"A": 1})
+    ring2, _, mover2 = make_service(nodes, ["a", "b", "c"])
+    await ring2.store.open()
+    try:
+        await mover2._stage("a", [p], True, True, True)  # kill -9 after STAGE
+        report = await mover2.scan(dry_run=True)
+    finally:
+        await ring2.store.close()
+    assert report.staged == 1, report

@@ -1,7 +1,7 @@
 """A thin ASGI layer in front of FastAPI that answers `POST vote` and `GET results` itself.
 
 FastAPI's routing, dependency injection and response classes cost several times more than
-counting a vote (see the README's Performance section). This layer answers those two routes
+counting a vote (see docs/performance.md). This layer answers those two routes
 through the same handlers the documented FastAPI routes use (`app.api.handlers`), so both
 paths answer alike; every other request, lifespan events included, goes on to FastAPI.
 """

@@ -20,7 +20,7 @@ from app.api.validation import (
     parse_vote_body,
 )
 from app.services.errors import TooManyOptions, VoteRejected
-from app.services.metrics import Rejections
+from app.services.instruments import Rejections
 from app.services.polling_service import PollingService
 
 Headers = list[tuple[bytes, bytes]]

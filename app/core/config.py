@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.nodes import NodeSpec, parse_cluster_url, parse_nodes
 
-DEFAULT_NODES = "redis://localhost:7000,redis://localhost:7001"
+DEFAULT_NODES = "redis://127.0.0.1:7000,redis://127.0.0.1:7001"
 
 
 class SettingsError(Exception):
@@ -49,6 +49,14 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000,
         description="Polls moved per node round trip after a ring change (1: one at a time).",
+    )
+    ring_lease_seconds: float = Field(
+        5.0,
+        ge=0.2,
+        le=300,
+        description="Each instance holds a lease for its ring on every node, renewed every "
+        "third of this: an instance with another ring is refused while one is alive (a "
+        "start waits this long for a killed instance's lease to end).",
     )
     batch_interval_seconds: float = Field(
         10.0, ge=0, le=3600, description="0 writes every vote through to the store."
@@ -142,6 +150,17 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")
     journal_fsync: Literal["always", "everysec", "off"] = "everysec"
+    allow_nodes_without_persistence: bool = Field(
+        False,
+        description="Accept (with a warning, and in /health) a node that has neither "
+        "appendonly yes nor a replica; by default start-up refuses it.",
+    )
+    journal_max_bytes: int = Field(
+        64 << 20,
+        ge=64 << 10,
+        description="Disk the journal reserves at most for sealing the votes it holds "
+        "(about 2-3 times their records); past it, votes answer 503 (docs/journal-and-clock.md).",
+    )
     debug: bool = False
 
     @field_validator("redis_nodes")

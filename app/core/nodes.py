@@ -109,6 +109,23 @@ class NodeSpec:
         return redact_url(self.url)
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def server_identity(url: str) -> str:
+    """The server a node URL names, for comparing recorded URLs with configured ones: no
+    user or password, the host in lower case, the loopback names (`localhost`, `127.0.0.1`,
+    `[::1]`) as one, and the default port 6379 written out. Two URLs with the same identity
+    are the same server (a user writes either `localhost` or `127.0.0.1`; a local server
+    listens on both; a password set later does not make it another server)."""
+    node_url = split_url(url)
+    host = node_url.host.lower()
+    if host in LOOPBACK_HOSTS:
+        host = "127.0.0.1"
+    port = node_url.port or "6379"
+    return NodeURL(node_url.scheme, None, host, port, node_url.rest).redacted
+
+
 def split_entry(entry: str) -> tuple[str | None, str]:
     """`label=url` or `url`: there is a label only if no `://` comes before the first `=`,
     so an unlabelled URL may have `=` in its password."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +39,17 @@ def port_in_use(port: int) -> bool:
 
 @dataclass
 class LocalNode:
-    """One server on 127.0.0.1. With `data_dir` it keeps an append-only file there
-    (fsync every second); without, it keeps nothing on disk."""
+    """One server on 127.0.0.1, with an append-only file (fsync every second): in `data_dir`,
+    kept across restarts; without it, in a scratch folder made fresh at each start (so a
+    restart comes back empty). `forgetful` runs it with no persistence at all
+    (`--appendonly no`), which the service refuses unless told to accept it."""
 
     port: int
     data_dir: Path | None = None
     password: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    forgetful: bool = False
+    scratch: Path | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -55,15 +60,26 @@ class LocalNode:
     def command(self) -> list[str]:
         args = [find_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--protected-mode", "no", "--loglevel", "warning"]
-        if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--dir", str(self.data_dir.resolve()), "--appendonly", "yes"]
-            args += ["--appendfsync", "everysec"]
-        else:
+        if self.forgetful:
             args += ["--appendonly", "no"]
+        else:
+            folder = self.data_dir or self._fresh_scratch()
+            folder.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(folder.resolve()), "--appendonly", "yes"]
+            args += ["--appendfsync", "everysec"]
         if self.password:
             args += ["--requirepass", self.password]
         return args + self.extra_args
+
+    def _fresh_scratch(self) -> Path:
+        self._drop_scratch()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"node-{self.port}-"))
+        return self.scratch
+
+    def _drop_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def start(self, timeout: float = 10.0) -> LocalNode:
         if port_in_use(self.port):
@@ -108,8 +124,10 @@ class LocalNode:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._drop_scratch()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._drop_scratch()

@@ -64,7 +64,7 @@ class UvicornProcess:
             for line in self.process.stdout:
                 self._printed.append(line)
 
-    def wait_ready(self, timeout: float = 20.0, path: str = "/") -> UvicornProcess:
+    def wait_ready(self, timeout: float = 60.0, path: str = "/") -> UvicornProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

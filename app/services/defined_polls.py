@@ -23,7 +23,7 @@ from app.services.errors import (
     PollExists,
     PollNotFound,
 )
-from app.services.metrics import Rejections
+from app.services.instruments import Rejections
 from app.services.node_batcher import NodeBatcher
 from app.storage.base import NodeUnavailable
 from app.storage.defined import DefinedStore, DefinedVote, PollDefinition, PollRecord

@@ -25,6 +25,10 @@ class FileOps:
     def truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
+    def allocate(self, fd: int, size: int) -> None:
+        """Make the file take `size` bytes of disk (ENOSPC if the disk cannot)."""
+        os.posix_fallocate(fd, 0, size)
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 

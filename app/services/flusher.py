@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import Callable
 
+from app.services.forgetting import LossLedger
+from app.services.instruments import flush_histogram
 from app.services.journal import Journal, SealUnit
-from app.services.metrics import flush_histogram
 from app.services.vote_buffer import VoteBuffer
-from app.storage.base import Batch, Counts, NodeUnavailable, Store
+from app.storage.base import Batch, Counts, MarksBehind, NodeUnavailable, Store
 
 logger = logging.getLogger("app.flusher")
 
@@ -21,10 +22,11 @@ MAX_POLLS_PER_BATCH = 1_000
 MAX_SET_ASIDE_SHOWN = 100  # polls named per node in /health
 
 
-def chain(batches: list[Batch]) -> list[Batch]:
+def chain(batches: list[Batch], start: dict[str, int] | None = None) -> list[Batch]:
     """Give each batch the seq of the batch of the same flusher before it in the list, so
-    the node applies them in order (see `Batch.prev`)."""
-    last: dict[str, int] = {}
+    the node applies them in order (see `Batch.prev`); the first of each flusher gets its
+    seq in `start` (the last the node confirmed: app/services/forgetting.py), or 0."""
+    last: dict[str, int] = dict(start or {})
     chained = []
     for batch in batches:
         chained.append(dataclasses.replace(batch, prev=last.get(batch.flusher_id, 0)))
@@ -72,6 +74,9 @@ class Flusher:
         self.round_trips = 0  # store.apply calls: one pipeline to one node each
         self._units: dict[str, list[SealUnit]] = {}  # node -> units to seal before sending
         self.checked: set[str] = set()  # nodes whose eviction policy was checked
+        self.losses = LossLedger()  # nodes found to have lost confirmed batches
+        self._resent: set[tuple[str, int, str]] = set()  # sent again: the cache has them
+        self._again: set[str] = set()  # nodes whose list was just chained to their marks
         self._seq = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -140,12 +145,32 @@ class Flusher:
         counts = self.buffers[node].swap()
         if not counts:
             return []
-        batches = chain(self.next_batches(node, counts))
+        batches = chain(self.next_batches(node, counts), self._carried(node))
         self.in_flight[node] = batches  # first: whatever happens next, they are held
         self.held_pairs[node] = sum(b.pairs for b in batches)
         if self.journal is not None:
             self._units[node] = [SealUnit(batches, self.journal.detach(node))]
         return batches
+
+    def _carried(self, node: str) -> dict[str, int]:
+        """Where a new list's chain starts: on a store whose marks are per node, at the last
+        batch the node confirmed, so a node that lost it refuses and says so."""
+        if not getattr(self.store, "marks_per_node", False):
+            return {}
+        return {self.flusher_id: self.last_confirmed.get(node, {}).get(self.flusher_id, 0)}
+
+    def _found_behind(self, node: str, exc: MarksBehind, batches: list[Batch]) -> None:
+        """The node lost batches it confirmed: report it, send again what the journal still
+        holds of them (first), and chain the list to the node's marks from now on."""
+        held = self.journal.held(node, exc.marks) if self.journal is not None else []
+        self.losses.found_behind(node, exc.marks, held)
+        self._resent.update(b.key for b in held)
+        confirmed = self.last_confirmed.setdefault(node, {})
+        for flusher_id, mark in exc.marks.items():
+            confirmed[flusher_id] = mark
+        self.in_flight[node] = chain([*held, *batches], exc.marks)
+        self.held_pairs[node] = sum(b.pairs for b in self.in_flight[node])
+        self._again.add(node)
 
     def _sealed(self, node: str) -> bool:
         """Seal what must be sealed before the node's batches may be sent."""
@@ -178,6 +203,9 @@ class Flusher:
                 self.checked.add(node)
             self.round_trips += 1
             applied = await self.store.apply(batches)
+        except MarksBehind as exc:
+            self._found_behind(node, exc, batches)
+            return False
         except NodeUnavailable as exc:
             self._failed(node, exc, batches)
             return False
@@ -203,7 +231,14 @@ class Flusher:
         if node in self.down or node in self.unsealed:
             self.retries[node] = self.retries.get(node, 0) + 1
         batches = self.in_flight.get(node) or self._take(node)
-        if not batches or not self._sealed(node) or not await self._send(node, batches):
+        if not batches or not self._sealed(node):
+            return 0, 0
+        sent = await self._send(node, batches)
+        if not sent and node in self._again:  # chained to the node's marks now: once more
+            self._again.discard(node)
+            batches = self.in_flight[node]
+            sent = await self._send(node, batches)
+        if not sent:
             return 0, 0
         # Confirmed: leave "in flight" and update the cache in one step (no await between).
         del self.in_flight[node]
@@ -211,7 +246,11 @@ class Flusher:
         confirmed = self.last_confirmed.setdefault(node, {})
         for batch in batches:
             confirmed[batch.flusher_id] = batch.seq
-            self.on_landed(batch)
+            self.losses.confirmed(batch)
+            if batch.key in self._resent:  # counted in the cache when it first landed
+                self._resent.discard(batch.key)
+            else:
+                self.on_landed(batch)
         if self.journal is not None:
             self.journal.release(batches)
         if self.down.pop(node, None) is not None:

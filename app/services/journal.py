@@ -20,6 +20,10 @@ doubles. Damaged lines and files are moved to `quarantine/` and counted; the res
 Each process takes a slot folder (`slot-0`, ...) under an exclusive lock, so several workers
 can share `JOURNAL_DIR`, and at start moves into its own slot whatever is in slots no running
 process holds, so a restart with fewer workers recovers everything.
+
+Long because appending, sealing and recovery share the segment bookkeeping and the slot
+lock, and their crash-safety arguments read together; the line format and the file
+operations are modules of their own (journal_format.py, file_ops.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.services.file_ops import FileOps
+from app.services.instruments import fsync_histogram
 from app.services.journal_format import (
     Damaged,
     Entry,
@@ -44,7 +49,7 @@ from app.services.journal_format import (
     encode_record,
     encode_sealed,
 )
-from app.services.metrics import fsync_histogram
+from app.services.journal_space import SealReserve
 from app.storage.base import Batch
 
 logger = logging.getLogger("app.journal")
@@ -82,6 +87,7 @@ class SealUnit:
 class SealedFile:
     waiting: set[tuple[str, int, str]]  # batches their nodes have not confirmed yet
     segments: list[Path]  # absorbed segments still to delete before this file may go
+    batches: dict[tuple[str, int, str], Batch] = field(default_factory=dict)  # all of them
 
 
 @dataclass
@@ -99,7 +105,9 @@ class QuarantineReport:
 
 
 class Journal:
-    def __init__(self, root: Path, fsync: str, files: FileOps | None = None) -> None:
+    def __init__(
+        self, root: Path, fsync: str, files: FileOps | None = None, max_bytes: int = 1 << 26
+    ) -> None:
         self.root = root
         self.directory = root  # the slot folder, once recover() has taken one
         self.fsync = fsync
@@ -119,6 +127,7 @@ class Journal:
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.fsync_seconds = fsync_histogram()
+        self.reserve = SealReserve(self.files, max_bytes)  # journal_space.py
 
     @property
     def waits_for_disk(self) -> bool:
@@ -210,8 +219,10 @@ class Journal:
         the next start; if it is a sealed file, its folder's loose segments wait too."""
         self._take_slot()
         found = Recovered()
-        for folder in [self.directory, *self._adopt_free_slots()]:
+        folders = [self.directory, *self._adopt_free_slots()]
+        for folder in folders:
             self._recover_folder(folder, found)
+        self.reserve.open(self.directory, folders)
         for sealed in self._sealed.values():
             self._delete_segments(sealed)
         found.batches.sort(key=lambda b: b.key)
@@ -255,6 +266,7 @@ class Journal:
                 self._keep_damaged_lines(path, segment.damaged)
             found.loose += segment.entries
             found.loose_files.append(path)
+            self.reserve.adopt(path, len(data), len(segment.entries))
 
     def start(self) -> None:
         if self.fsync in ("always", "everysec"):
@@ -271,6 +283,7 @@ class Journal:
                     self._close(segment, sync=True)
         self._segments = {node: [s for s in g if s.size] for node, g in self._segments.items()}
         self.retry_deletes()
+        self.reserve.close()
         for fd in [*self._adopted_locks, *([self._lock_fd] if self._lock_fd else [])]:
             os.close(fd)  # releases the slots
         self._adopted_locks, self._lock_fd = [], None
@@ -292,6 +305,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 self.files.close(fd)
         if not segment.size:
+            self.reserve.forget(segment.path)
             with contextlib.suppress(OSError):
                 self.files.unlink(segment.path)
 
@@ -318,34 +332,44 @@ class Journal:
         segment.size = size
         return True
 
-    def _write(self, node: str, record: bytes) -> tuple[Segment, int]:
+    def _write(self, node: str, record: bytes, triples: int) -> tuple[Segment, int, int]:
+        """Append one record; first its share of the seal is reserved (JournalFull if not)."""
+        if not self.reserve.opened:
+            self.reserve.open(self.directory, [])
         segment = self._writable(node)
         before = segment.size
+        share = self.reserve.take(segment.path, len(record), triples)
         assert segment.fd is not None
         try:
             self.files.write_all(segment.fd, record)
         except OSError:
-            self._undo(segment, before)
+            if self._undo(segment, before):
+                self.reserve.give_back(segment.path, share)
             raise
         segment.size = before + len(record)
-        return segment, before
+        return segment, before, share
 
     def append(self, records: dict[str, list[Entry]]) -> None:
         """Write each node's entries as one record, all or nothing: if one write fails, the
         ones before it are undone, and JournalWriteFailed says which could not be."""
-        done: list[tuple[str, Segment, int]] = []
+        done: list[tuple[str, Segment, int, int]] = []
         for node, entries in records.items():
             try:
-                segment, before = self._write(node, encode_record(entries))
+                segment, before, share = self._write(node, encode_record(entries), len(entries))
             except OSError as exc:
-                kept = [n for n, s, size in reversed(done) if not self._undo(s, size)]
+                kept = []
+                for n, s, size, taken in reversed(done):
+                    if self._undo(s, size):
+                        self.reserve.give_back(s.path, taken)
+                    else:
+                        kept.append(n)
                 raise JournalWriteFailed(exc, kept) from exc
-            done.append((node, segment, before))
+            done.append((node, segment, before, share))
 
     def append_vote(self, node: str, poll_id: str, option_id: str) -> None:
         """One vote: the hot path's append."""
         try:
-            self._write(node, encode_record([(poll_id, option_id, 1)]))
+            self._write(node, encode_record([(poll_id, option_id, 1)]), 1)
         except OSError as exc:
             raise JournalWriteFailed(exc) from exc
 
@@ -419,6 +443,7 @@ class Journal:
 
     def _track(self, path: Path, batches: list[Batch], segments: list[Path]) -> None:
         self._sealed[path] = SealedFile({b.key for b in batches}, segments)
+        self._sealed[path].batches = {b.key: b for b in batches}
         for batch in batches:
             self._file_of[batch.key] = path
 
@@ -429,7 +454,13 @@ class Journal:
         first = unit.batches[0]
         path = self.directory / f"sealed-{first.flusher_id}-{first.seq}.json"
         data = encode_sealed(unit.batches, [p.name for p in unit.segments])
-        self.files.write_atomically(path, data)
+        self.reserve.free_for(unit.segments)  # the space reserved for this seal
+        try:
+            self.files.write_atomically(path, data)
+        except OSError:
+            self.reserve.restore()
+            raise
+        self.reserve.sealed(unit.segments)
         self._track(path, unit.batches, list(unit.segments))
         unit.sealed = True
         self._delete_segments(self._sealed[path])
@@ -450,6 +481,7 @@ class Journal:
         self._sealed[path].waiting.discard(batch.key)
         for part in parts:
             self._sealed[path].waiting.add(part.key)
+            self._sealed[path].batches[part.key] = part
             self._file_of[part.key] = path
 
     def release(self, batches: list[Batch]) -> None:
@@ -460,6 +492,22 @@ class Journal:
             if path is not None:
                 self._sealed[path].waiting.discard(batch.key)
         self.retry_deletes()
+
+    def held(self, node: str, marks: dict[str, int]) -> list[Batch]:
+        """Batches the node confirmed that are still on disk here (their file waits for
+        other batches) and that are above the node's `marks` now: it lost them
+        (app/services/forgetting.py). They are waited for again, and returned to be sent."""
+        found = []
+        for path, sealed in self._sealed.items():
+            for key, batch in sealed.batches.items():
+                mark = marks.get(batch.flusher_id)
+                if batch.node != node or mark is None or batch.seq <= mark:
+                    continue
+                if key not in sealed.waiting:
+                    sealed.waiting.add(key)
+                    self._file_of[key] = path
+                    found.append(batch)
+        return sorted(found, key=lambda b: b.key)
 
     def retry_deletes(self) -> None:
         for path, sealed in list(self._sealed.items()):
@@ -478,5 +526,6 @@ class Journal:
     def delete(self, paths: list[Path]) -> None:
         """Delete files with nothing left to replay; one that stays is read again next start."""
         for path in paths:
+            self.reserve.forget(path)
             with contextlib.suppress(OSError):
                 self.files.unlink(path)

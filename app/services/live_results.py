@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.services.event_frames import PING_CHUNK, chunk, sse_frame
+from app.services.recent_polls import RECENT_POLLS, BoundedCounter
 from app.services.stream_caps import StreamCaps
 
 logger = logging.getLogger("app.live_results")
-RECENT_POLLS = 10_000  # polls whose last state, read time and read count are remembered
 HEARTBEAT_SECONDS = 15.0  # a `: ping` comment this often keeps proxies from closing a stream
 FINAL_RETRY_MS = 24 * 3600 * 1000  # `retry:` of the final event: EventSource waits a day
 # How a stream ended (the result of its `done` future):
@@ -82,23 +82,6 @@ class Sink(Protocol):
 
 
 Reader = Callable[[], Awaitable[Snapshot]]
-
-
-class BoundedCounter(OrderedDict[str, int]):
-    """Reads per poll key for the last `RECENT_POLLS` keys; `total` counts them all."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __missing__(self, key: str) -> int:
-        return 0
-
-    def add(self, key: str) -> None:
-        self.total += 1
-        self[key] = self.pop(key, 0) + 1
-        if len(self) > RECENT_POLLS:
-            self.popitem(last=False)
 
 
 class Lag:

@@ -124,12 +124,14 @@ class Migration:
                     await self.mover.record()
                     self.last = report
                     logger.info(
-                        "rebalance: done in %.1f s: %d of %d polls moved (%d votes), %d staged"
-                        " moves finished, %d claims; %d polls made whole on first touch: %s",
+                        "rebalance: done in %.1f s: %d of %d polls moved (%d votes), %d keys"
+                        " scanned, %d staged moves finished, %d claims; %d polls made whole on"
+                        " first touch: %s",
                         time.monotonic() - (self.started_at or 0),
                         report.moved,
                         report.polls,
                         report.votes,
+                        report.scanned,
                         report.staged,
                         report.claims,
                         self.on_demand,

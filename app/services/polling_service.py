@@ -5,7 +5,6 @@ the cache TTL is 0, the in-memory store when no nodes are set."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -16,38 +15,33 @@ from app.services.errors import (
     LargerThanBacklog,
     NodeDown,
     OutcomeUnknown,
-    RebalanceBlocked,
     ResultsUnavailable,
     ShuttingDown,
-    StoreChanged,
     TooManyOptions,
 )
 from app.services.flusher import Flusher
-from app.services.journal import Journal, JournalWriteFailed, SealUnit
+from app.services.instruments import Rejections
+from app.services.journal import Journal, JournalWriteFailed
 from app.services.journal_format import Entry
 from app.services.known_options import KnownOptions
-from app.services.metrics import Rejections
 from app.services.migration import Migration
 from app.services.results_cache import CacheEntry, ResultsCache
+from app.services.routing import route
+from app.services.startup import Startup
 from app.services.vote_buffer import VoteBuffer
 from app.storage.base import (
-    Batch,
     Counts,
-    NodeMisconfigured,
     NodeUnavailable,
     Snapshot,
     Store,
 )
-from app.storage.cluster_store import LABEL as CLUSTER
 from app.storage.mover import Mover
 from app.storage.moves import ring_config
+from app.storage.ring_lease import RingLease
 
 logger = logging.getLogger("app.polling_service")
 
 READ_ATTEMPTS = 3
-# What one held (poll, option) pair costs at most, in the buffer and then in its batch, with
-# 64-character ids and one option per poll (measured: tests/test_memory_caps.py).
-BYTES_PER_PAIR = 550
 
 
 @dataclass(frozen=True)
@@ -81,11 +75,18 @@ class PollingService:
         shutdown_flush_seconds: float = 10.0,
         journal: Journal | None = None,
         mover: Mover | None = None,
+        ring_lease_seconds: float = 5.0,
     ) -> None:
         self.store = store
         self.mover = mover
         self.migration = Migration(mover) if mover else None
-        self.renamed: dict[str, str] = {}  # recorded label -> this ring's, same server
+        self.lease: RingLease | None = None
+        self.ring_lost: str | None = None  # why this instance stopped taking votes
+        if mover is not None:
+            config = ring_config(mover.manager)
+            self.lease = RingLease(
+                mover.manager, mover.call, config, ring_lease_seconds, self._lost_ring
+            )
         self.cache = cache
         self.write_through = batch_interval <= 0
         self.batch_max_votes = batch_max_votes
@@ -121,92 +122,31 @@ class PollingService:
         return self.journal is not None and self.journal.waits_for_disk and not self.write_through
 
     async def start(self) -> None:
+        """Open the store, run start-up (`app/services/startup.py`: node checks, ring
+        records, journal replay, the move decision), then take votes."""
         await self.store.open()
-        await self._check_nodes()
-        misplaced: dict[str, set[str]] = {}
-        if self.mover is not None:
-            await self._ring_records(self.mover)  # before the journal: it may need those nodes
-        if self.journal is not None:
-            misplaced = await self._recover(self.journal)
-        if self.mover is not None:
-            await self._rebalance(self.mover, misplaced)
+        startup = Startup(
+            self.store,
+            self.flusher,
+            self.buffers,
+            self.journal,
+            self.mover,
+            self.migration,
+            self.shutdown_flush_seconds,
+            self.lease,
+        )
+        await startup.run()
         self.flusher.start()
+        if self.lease is not None:
+            self.lease.start()
         self.accepting = True
 
-    async def _check_nodes(self) -> None:
-        """Refuse to start on a node whose eviction policy could remove counts or marks.
-        A node that is down now is checked by the flusher before its first batch."""
-        for node in self.store.nodes:
-            try:
-                await self.store.check_node(node)
-                self.flusher.checked.add(node)
-            except NodeMisconfigured:
-                raise
-            except NodeUnavailable:
-                continue
-
-    async def _ring_records(
-        self, mover: Mover
-    ) -> tuple[dict[str, str | NodeUnavailable | None], dict[str, str | NodeUnavailable]]:
-        """Each node's recorded ring and `ring:moving` marker (or why it could not be read).
-        Refuses (RebalanceBlocked) when they name a server (URL) this start has under no
-        label: polls may be left there, and a journal batch sealed for it must go to it
-        (so this runs before the journal is replayed too)."""
-        recorded = await mover.recorded()
-        markers = await mover.cut_off()  # a move staged and maybe unfinished
-        found = [r for r in [*recorded.values(), *markers.values()] if isinstance(r, str)]
-        self.renamed = mover.renamed(found)
-        unnamed = mover.unnamed(found)
-        if unnamed:
-            raise RebalanceBlocked(
-                f"the nodes record a ring or a cut-off move that names {unnamed}, a server "
-                "this start does not have: polls may be left there. Name each in "
-                "REDIS_NODES or REDIS_RETIRING_NODES (label=url, with its password if any)"
-            )
-        return recorded, markers
-
-    async def _rebalance(self, mover: Mover, misplaced: dict[str, set[str]]) -> None:
-        """Decide whether polls must move (all of them when the ring differs from the one
-        recorded on the nodes; else those of recovered batches that went to their old
-        node); once the journal's batches have all landed, start moving them in the
-        background (`Migration`): votes and reads are served meanwhile."""
-        config = ring_config(mover.manager)
-        recorded, markers = await self._ring_records(mover)
-        down = {n: r for n, r in recorded.items() if isinstance(r, NodeUnavailable)}
-        down |= {n: r for n, r in markers.items() if isinstance(r, NodeUnavailable)}
-        cut_off = {n: r for n, r in markers.items() if isinstance(r, str)}
-        full = bool(mover.manager.retiring or cut_off) or any(
-            recorded[n] != config for n in mover.manager.specs if n not in down
-        )
-        if not full and not misplaced:
-            return
-        if down:
-            if full and not misplaced and not any(isinstance(r, str) for r in recorded.values()):
-                logger.warning(
-                    "rebalance: no ring recorded yet and %s down: polls not checked; "
-                    "restart once every node is up",
-                    sorted(down),
-                )
-                return
-            raise RebalanceBlocked(f"the ring changed, and {next(iter(down.values()))}")
-        if not await self.flusher.drain(self.shutdown_flush_seconds):
-            raise RebalanceBlocked("the ring changed, and the journal's batches cannot land")
-        if full:
-            first = not any(isinstance(r, str) for r in recorded.values())
-            logger.info(
-                "rebalance: %s; moving polls to their new owners in the background, serving "
-                "meanwhile (a poll is moved first when it is touched)",
-                "a ring change was cut off on " + ", ".join(sorted(cut_off))
-                if cut_off
-                else "no ring recorded on the nodes yet"
-                if first
-                else "the ring changed",
-            )
-        rings = {r for r in recorded.values() if isinstance(r, str)}
-        if full and not cut_off and not misplaced and len(rings) == 1 and config not in rings:
-            mover.narrow(rings.pop())  # every poll is on its owner under that ring
-        assert self.migration is not None
-        self.migration.begin(misplaced, full)
+    def _lost_ring(self, reason: str) -> None:
+        """Another ring took a node from this instance (its lease lapsed, say through a
+        long stall): two rings must never both take votes, so this one stops."""
+        self.ring_lost = reason
+        self.accepting = False
+        logger.error("ring lease lost (%s): this instance takes no more votes", reason)
 
     async def whole(self, poll_id: str) -> None:
         """While polls move after a ring change: make this one whole on its owner before
@@ -217,75 +157,6 @@ class PollingService:
     async def _whole_all(self, poll_ids: list[str]) -> None:
         if self.migration is not None and self.migration.active:
             await self.migration.ensure_many(poll_ids)
-
-    async def _recover(self, journal: Journal) -> dict[str, set[str]]:
-        """Replay what earlier processes left: sealed batches keep their ids (a node that
-        already applied one ignores it); loose votes become new batches, sealed (absorbing
-        their segments) before they are sent, like any other. Returns, by node, the polls of
-        sealed batches that went to a node (ring or retiring) no longer their owner."""
-        found = journal.recover()
-        self._refuse_other_store(found.batches)
-        journal.start()
-        batches = []
-        misplaced: dict[str, set[str]] = {}
-        for batch in found.batches:
-            if batch.node in self.renamed:  # the same server under a new label: its mark
-                moved = dataclasses.replace(batch, node=self.renamed[batch.node])
-                journal.readdress(batch, [moved])
-                batch = moved
-            if batch.node in self.buffers:
-                batches.append(batch)
-                polls = {p for p in batch.counts if self.store.node_for(p) != batch.node}
-                if polls:
-                    misplaced.setdefault(batch.node, set()).update(polls)
-                continue
-            parts = [
-                dataclasses.replace(batch, node=node, counts=counts)
-                for node, counts in self._route(batch.counts).items()
-            ]
-            logger.warning(
-                "journal: %d votes were for node %s, which is no longer configured; they go "
-                "to %s (a node that already applied them ignores them)",
-                batch.votes,
-                batch.node,
-                sorted(p.node for p in parts),
-            )
-            journal.readdress(batch, parts)
-            batches += parts
-        self.flusher.adopt(sorted(batches, key=lambda b: b.key))
-        by_node: dict[str, Counts] = {}
-        for poll_id, option_id, n in found.loose:
-            options = by_node.setdefault(self.store.node_for(poll_id), {}).setdefault(poll_id, {})
-            options[option_id] = options.get(option_id, 0) + n
-        loose = [b for node, c in by_node.items() for b in self.flusher.next_batches(node, c)]
-        if loose:
-            self.flusher.adopt(loose, SealUnit(loose, found.loose_files))
-        else:  # nothing to replay in them (empty, or every line damaged and kept aside)
-            journal.delete(found.loose_files)
-        if batches or loose:
-            votes = sum(b.votes for b in batches) + sum(b.votes for b in loose)
-            logger.info("journal: recovered %d votes from an earlier run", votes)
-            await self.flusher.flush()
-        return misplaced
-
-    def _refuse_other_store(self, batches: list[Batch]) -> None:
-        """Batches sealed for the ring cannot be checked against a cluster's per-slot marks,
-        nor the reverse: refuse, naming the way out."""
-        on_cluster = self.store.nodes == [CLUSTER]
-        other = sorted(
-            {
-                b.node
-                for b in batches
-                if b.node not in self.buffers and (on_cluster or b.node == CLUSTER)
-            }
-        )
-        if other:
-            votes = sum(b.votes for b in batches if b.node in other)
-            raise StoreChanged(
-                f"the journal holds {votes} votes in batches sealed for {other}, which may have "
-                "landed there already; start once more with the store they were sealed for, "
-                "stop cleanly (the journal empties), then switch stores"
-            )
 
     async def stop(self) -> bool:
         """Stop taking votes, flush everything held, then close the store. True when
@@ -306,12 +177,16 @@ class PollingService:
             await self.journal.stop()
         if flushed and not (self.journal and self.journal.holds_files()):
             await self.flusher.forget_marks()
+        if self.lease is not None:
+            await self.lease.release()  # after the flush: those votes went by this ring
         await self.store.close()
         return flushed
 
     # -- votes -----------------------------------------------------------------------------
 
     def _check_accepting(self) -> None:
+        if self.ring_lost is not None:
+            raise ShuttingDown(f"this instance no longer serves the ring: {self.ring_lost}")
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
 
@@ -369,18 +244,12 @@ class PollingService:
                     "in memory and will most likely be counted"
                 ) from exc
 
-    def _route(self, counts: Counts) -> dict[str, Counts]:
-        routed: dict[str, Counts] = {}
-        for poll_id, options in counts.items():
-            routed.setdefault(self.store.node_for(poll_id), {})[poll_id] = options
-        return routed
-
     def vote_many(self, counts: Counts) -> int:
         """Bulk ingestion, all or nothing, options registered: every node's backlog is
         checked, then the journal takes one record per node (undone if another fails),
         and only then the buffers. Returns the number of votes taken."""
         self._check_accepting()
-        routed = self._route(counts)
+        routed = route(self.store, counts)
         for node, node_counts in routed.items():
             buffer = self.buffers[node]
             new = buffer.new_pairs(node_counts)
@@ -418,7 +287,7 @@ class PollingService:
         node takes its part all or nothing; a failure answers 503, typed
         `outcome_unknown` unless no part can have been applied."""
         self._check_accepting()
-        routed = self._route(counts)
+        routed = route(self.store, counts)
         outcomes = await asyncio.gather(
             *(self.store.apply_now(node, c) for node, c in routed.items()),
             return_exceptions=True,
@@ -458,7 +327,7 @@ class PollingService:
             raise NodeDown(f"{exc}; nothing was counted, retry later") from exc
         if claim == "reused":
             raise IdempotencyKeyReused("this Idempotency-Key was used for another request")
-        routed = self._route(counts)
+        routed = route(self.store, counts)
         outcomes = await asyncio.gather(
             *(self.store.apply_once(node, key, fingerprint, c) for node, c in routed.items()),
             return_exceptions=True,
@@ -522,58 +391,5 @@ class PollingService:
         _merge(counts, self.buffers[node].peek(poll_id))
         return Results(poll_id, counts, served_via, stale)
 
-    # -- health ----------------------------------------------------------------------------
-
     def pending_votes(self) -> int:
         return sum(b.votes for b in self.buffers.values())
-
-    def _node_health(self, label: str, url: str, reachable: bool) -> dict[str, object]:
-        held = self.buffers[label].pairs + self.flusher.held_pairs.get(label, 0)
-        return {
-            "label": label,
-            "url": url,
-            "reachable": reachable,
-            "pending_votes": self.buffers[label].votes,
-            "in_flight_votes": self.flusher.in_flight_votes(label),
-            "held_pairs": held,
-            "held_bytes_estimate": held * BYTES_PER_PAIR,
-            "backlog_cap_pairs": self.max_pending_pairs,
-            "error": self.flusher.down.get(label) or self.flusher.unsealed.get(label),
-            "set_aside_polls": sorted(self.flusher.set_aside.get(label, ())),
-        }
-
-    async def health(self, extra_counters: dict[str, int] | None = None) -> dict[str, object]:
-        """The report `/health` gives; `extra_counters` join `counters` (defined polls')."""
-        reachable = await self.store.ping()
-        nodes = [
-            self._node_health(label, url, reachable.get(label, False))
-            for label, url in self.store.describe()
-        ]
-        healthy = all(n["reachable"] and not n["error"] for n in nodes)
-        report: dict[str, object] = {
-            "status": "ok" if healthy and not self.flusher.set_aside else "degraded",
-            "nodes": nodes,
-            "buffer": {
-                "pending_votes": self.pending_votes(),
-                "pending_polls": sum(b.polls for b in self.buffers.values()),
-                "in_flight_votes": self.flusher.in_flight_votes(),
-            },
-            "cache": {"polls": len(self.cache), "ttl_seconds": self.cache.ttl},
-            "counters": {
-                "accepted_votes": self.accepted_votes,
-                "flushes": self.flusher.flushes,
-                "round_trips": self.flusher.round_trips,
-                **(extra_counters or {}),
-            },
-        }
-        if self.migration is not None:
-            report["rebalance"] = self.migration.describe()
-        if self.journal is not None:
-            quarantine = self.journal.quarantine
-            report["journal"] = {
-                "fsync": self.journal.fsync,
-                "quarantine_folder": quarantine.folder,
-                "quarantined_files": quarantine.files,
-                "quarantined_lines": quarantine.lines,
-            }
-        return report

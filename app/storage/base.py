@@ -84,6 +84,15 @@ class NodeUnavailable(Exception):
         self.maybe_applied = maybe_applied
 
 
+class MarksBehind(NodeUnavailable):
+    """The node's marks are below what it confirmed before: it lost data
+    (`app/services/forgetting.py`). `marks`: flusher id -> the mark the node has now."""
+
+    def __init__(self, node: str, safe_url: str, marks: dict[str, int]) -> None:
+        super().__init__(node, safe_url, f"its marks {marks} fell below what it confirmed")
+        self.marks = marks
+
+
 class NodeMisconfigured(NodeUnavailable):
     """The node answers but is set up so that it could lose counts (an eviction policy)."""
 

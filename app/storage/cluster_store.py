@@ -35,7 +35,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from app.core.nodes import NodeSpec
 from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
-from app.storage.idempotency import IDEMPOTENCY_TTL, claim_key, once_args, today
+from app.storage.idempotency import IDEMPOTENCY_TTL, claim_key, once_args
 from app.storage.redis_store import (
     APPLY,
     APPLY_ONCE,
@@ -269,14 +269,13 @@ class ClusterRedisStore:
     async def apply_once(self, node: str, key: str, fingerprint: str, counts: Counts) -> str:
         """The sharded store's per-poll markers (`poll:{id}:once:<day>`, in the poll's slot),
         one script per slot; a slot where some polls have the marker sends the others again."""
-        day = today()
         pending = by_slot(counts)
         outcomes: set[str] = set()
         while pending:
             slots = list(pending)
             commands = []
             for slot in slots:
-                keys, args = once_args(key, fingerprint, pending[slot], day)
+                keys, args = once_args(key, fingerprint, pending[slot])
                 commands.append(("EVALSHA", sha(APPLY_ONCE), len(keys), *keys, *args))
             again: dict[int, Counts] = {}
             for slot, reply in zip(slots, await self._run(commands), strict=True):

@@ -7,6 +7,9 @@ ring change moves it with them (`app/storage/moves.py`):
   for the requests that counted in the poll on that UTC day (`day` = Unix time // 86400);
   it expires `PART_TTL` after the end of its day, so a marker lives 25 to 49 hours, longer
   than the claim (24 h), and a poll keeps at most three such hashes.
+  The day and the expiry are the *node's*: the script reads `TIME` itself, so a service
+  whose clock is skewed or stepped (by hours or days) cannot miss a marker or write one
+  that expires at once (docs/journal-and-clock.md).
 A retry, on any instance, after any restart or ring change, finds the marker of each poll it
 had counted in and counts only in the others.
 
@@ -18,7 +21,6 @@ key keeps getting 409.
 from __future__ import annotations
 
 import hashlib
-import time
 
 IDEMPOTENCY_TTL = 24 * 3600  # seconds a request's Idempotency-Key is remembered
 PART_TTL = IDEMPOTENCY_TTL + 3600  # a marker outlives its claim: no late repeat
@@ -27,17 +29,18 @@ CHECKED_DAYS = (-1, 0, 1)  # a retry within 24 h finds its marker, clocks a litt
 MOVED_DAYS = (-2, -1, 0, 1)  # every day whose markers may still be alive
 
 
-def today(now: float | None = None) -> int:
-    return int((time.time() if now is None else now) // DAY)
+def today(now: float) -> int:
+    """The day of a Unix time; callers pass a node's `TIME`, never the service's clock."""
+    return int(now // DAY)
+
+
+def once_base(poll_id: str) -> str:
+    """The key APPLY_ONCE declares for a poll's markers (its slot); the script adds the day."""
+    return f"poll:{{{poll_id}}}:once"
 
 
 def once_key(poll_id: str, day: int) -> str:
     return f"poll:{{{poll_id}}}:once:{day}"
-
-
-def expires_at(day: int) -> int:
-    """When a day's marker hash expires (Unix seconds): PART_TTL after the day ends."""
-    return (day + 1) * DAY + PART_TTL
 
 
 def digest(fingerprint: str) -> str:
@@ -52,12 +55,12 @@ def claim_key(key: str) -> str:
 
 
 def once_args(
-    key: str, fingerprint: str, counts: dict[str, dict[str, int]], day: int
+    key: str, fingerprint: str, counts: dict[str, dict[str, int]]
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of APPLY_ONCE for these polls (see the script)."""
     polls = list(counts)
-    keys = [once_key(p, day + d) for p in polls for d in CHECKED_DAYS]
-    args: list[str | int] = [key, digest(fingerprint), expires_at(day)]
+    keys = [once_base(p) for p in polls]
+    args: list[str | int] = [key, digest(fingerprint), DAY, PART_TTL]
     for poll_id in polls:
         keys += [f"poll:{{{poll_id}}}", f"poll:{{{poll_id}}}:aside"]
         args.append(len(counts[poll_id]))
@@ -67,25 +70,27 @@ def once_args(
 
 
 # Appended to ADD_COUNTS (app/storage/redis_store.py). KEYS: for each of the n polls its
-# marker hashes of the days CHECKED_DAYS (3 keys), then for each poll its hash and aside
-# hash; ARGV[1] = request key, ARGV[2] = fingerprint digest, ARGV[3] = when today's marker
-# hash expires, ARGV[4..] = the counts as ADD_COUNTS reads them. Replies {1, set aside...}
+# marker base key (`once_base`: the script appends `:<day>` for the days CHECKED_DAYS around
+# the node's own `TIME`; same hash tag, so same slot), then for each poll its hash and aside
+# hash; ARGV[1] = request key, ARGV[2] = fingerprint digest, ARGV[3] = DAY, ARGV[4] =
+# PART_TTL, ARGV[5..] = the counts as ADD_COUNTS reads them. Replies {1, set aside...}
 # when applied now, {2} when every poll has this request's marker, {3} when a poll has
 # another request's marker under this key (nothing applied), {4, i, ...} when only some
 # polls have it (0-based indices; nothing applied: the caller sends the others again).
 APPLY_ONCE_BODY = """
-local n = #KEYS / 5
+local n = #KEYS / 3
+local day = math.floor(tonumber(redis.call('TIME')[1]) / tonumber(ARGV[3]))
 local marked = {}
-for i = 0, n - 1 do
+for i = 1, n do
   local found = false
-  for j = 1, 3 do
-    local v = redis.call('HGET', KEYS[3 * i + j], ARGV[1])
+  for d = -1, 1 do
+    local v = redis.call('HGET', KEYS[i] .. ':' .. (day + d), ARGV[1])
     if v then
       if v ~= ARGV[2] then return {3} end
       found = true
     end
   end
-  if found then table.insert(marked, i) end
+  if found then table.insert(marked, i - 1) end
 end
 if #marked == n then return {2} end
 if #marked > 0 then
@@ -93,11 +98,13 @@ if #marked > 0 then
   for _, i in ipairs(marked) do table.insert(reply, i) end
   return reply
 end
-local reply = add_counts({1}, 3 * n + 1, 4)
+local reply = add_counts({1}, n + 1, 5)
 if reply['err'] then return reply end
-for i = 0, n - 1 do
-  redis.call('HSET', KEYS[3 * i + 2], ARGV[1], ARGV[2])
-  redis.call('EXPIREAT', KEYS[3 * i + 2], ARGV[3])
+local expires = (day + 1) * tonumber(ARGV[3]) + tonumber(ARGV[4])
+for i = 1, n do
+  local marker = KEYS[i] .. ':' .. day
+  redis.call('HSET', marker, ARGV[1], ARGV[2])
+  redis.call('EXPIREAT', marker, expires)
 end
 return reply
 """

@@ -11,6 +11,9 @@ source, copy on each target (sorted), release on the source. Every command in th
 atomic script or idempotent, and a release is sent only once every copy has been confirmed,
 so whatever prefix of a pipeline a crash lets through, the next run finishes the same
 transfers (docs/design.md, "Changing the ring").
+
+Long because the scan, the group move and its three pipelines share one batching of polls
+per round trip; each protocol's scripts live in their own modules (named above).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
 from app.core.consistent_hash import HashRing
+from app.core.nodes import server_identity
 from app.core.redis_manager import RedisManager
 from app.storage import defined_moves as dm
 from app.storage import idempotency as idem
@@ -48,12 +52,13 @@ from app.storage.moves import (
     ring_config,
 )
 from app.storage.redis_store import aside_key, options_key, poll_key
+from app.storage.ring_lease import SERVED_KEY, SETTLE, digest
 
 logger = logging.getLogger("app.rebalance")
 
 T = TypeVar("T")
 GROUP = 100  # polls (or claims) moved per round trip by a scan
-PROGRESS_SECONDS = 1.0  # a progress line at most this often (and after each pattern)
+PROGRESS_SECONDS = 1.0  # a progress line at most this often (none for a scan this short)
 Command = tuple[Any, ...]  # ("sadd" | "eval" | "restore", arguments...)
 Guard = Callable[[list[str]], AbstractAsyncContextManager[list[str]]]
 # SCAN patterns and what a match is (`Mover.scan` says in which order they are passed).
@@ -195,6 +200,11 @@ class Mover:
         config = ring_config(self.manager)
         for node in self.manager.specs:
             await self.run(node, "write ring", self.client(node).set(RING_KEY, config))
+        for node in self.manager.specs:  # only this ring has served since: no split to find
+            settle = self.client(node).eval(SETTLE, 1, SERVED_KEY, digest(config))
+            await self.run(node, "settle ring", settle)
+        for node in self.manager.retiring:  # left empty
+            await self.run(node, "settle ring", self.client(node).delete(SERVED_KEY))
         for node in self.sources:
             await self.run(node, "write ring", self.client(node).delete(MOVING_KEY))
 
@@ -217,21 +227,25 @@ class Mover:
         `ring_config`) whose server (URL) this start does not have: polls may be left there,
         so a start must not go on without them (each is described, password-free)."""
         specs = [*self.manager.specs.values(), *self.manager.retiring.values()]
-        servers = {spec.safe_url for spec in specs}
+        servers = {server_identity(spec.safe_url) for spec in specs}
         # A server this start has, under any label, is scanned: a label that changed (one
-        # unlabelled node is `redis`, two are `redis_<port>`) hides nothing.
+        # unlabelled node is `redis`, two are `redis_<port>`) hides nothing; nor does a URL
+        # written another way (`localhost` for `127.0.0.1`: `server_identity`).
         named = recorded_nodes(recorded)
-        return sorted({f"{label}={url}" for label, url in named if url not in servers})
+        return sorted(
+            {f"{label}={url}" for label, url in named if server_identity(url) not in servers}
+        )
 
     def renamed(self, recorded: list[str]) -> dict[str, str]:
         """Recorded labels that this start has under another label (same URL): old -> new.
         A journal batch sealed for the old label goes to the same server, where its mark is."""
-        labels = {spec.safe_url: label for label, spec in self.manager.specs.items()}
-        labels |= {spec.safe_url: label for label, spec in self.manager.retiring.items()}
+        specs = [*self.manager.specs.items(), *self.manager.retiring.items()]
+        labels = {server_identity(spec.safe_url): label for label, spec in specs}
+        found = {(label, server_identity(url)) for label, url in recorded_nodes(recorded)}
         return {
-            label: labels[url]
-            for label, url in recorded_nodes(recorded)
-            if url in labels and labels[url] != label and label not in self.sources
+            label: labels[server]
+            for label, server in found
+            if server in labels and labels[server] != label and label not in self.sources
         }
 
     # -- polls -----------------------------------------------------------------------------
@@ -337,7 +351,9 @@ class Mover:
         self, source: str, polls: list[str], adhoc: bool, defined: bool, markers: bool
     ) -> list[Staged]:
         pipe = self.client(source).pipeline(transaction=False)
-        day = idem.today()
+        # The markers' days are the node's (its TIME), as APPLY_ONCE names them.
+        seconds, _ = await self.run(source, "time", self.client(source).time())
+        day = idem.today(seconds)
         plan: list[tuple[str, bool]] = []  # (poll, resume only)
         # MOVING_KEY's value, set with each new record: the ring and the retiring nodes, so a
         # later start knows every node this move may have left polls on.
@@ -480,7 +496,7 @@ class Mover:
         """Every poll (ad-hoc or defined), staged move and claim on every node whose owner
         is another node: listed (dry run) or moved, `group` per round trip, each group under
         `guard` (which may leave out polls already moved); progress in `self.report`, and in
-        the log once a second and after each pattern of each node.
+        the log once a second (the caller logs the totals at the end).
 
         Order: the records of staged moves on every node, then the live keys on every node,
         then the records on every node again. A record staged by another instance after
@@ -514,7 +530,7 @@ class Mover:
                 names -= seen
                 seen |= names
                 await self._batch(source, sorted(names), pattern, kind, dry_run, guard)
-                if cursor == 0 or time.monotonic() - logged >= PROGRESS_SECONDS:
+                if time.monotonic() - logged >= PROGRESS_SECONDS:
                     logged = time.monotonic()
                     logger.info(
                         "rebalance: %s %s: %d keys scanned, %d of %d polls %s so far",

@@ -24,6 +24,7 @@ from app.storage.base import (
     Applied,
     Batch,
     Counts,
+    MarksBehind,
     NodeMisconfigured,
     NodeUnavailable,
     Snapshot,
@@ -33,8 +34,8 @@ from app.storage.idempotency import (
     IDEMPOTENCY_TTL,
     claim_key,
     once_args,
-    today,
 )
+from app.storage.persistence import forgetful_reason
 
 logger = logging.getLogger("app.redis_store")
 
@@ -87,7 +88,8 @@ end
 """
 
 # A batch. KEYS[1] = the flusher's mark (unused when seq is 0: write-through);
-# ARGV[1] = seq, ARGV[2] = prev. Replies {1, polls set aside...}, or {0}: not yet (prev).
+# ARGV[1] = seq, ARGV[2] = prev. Replies {1, polls set aside...}, or {0, mark}: not yet
+# (prev is above the mark).
 APPLY = (
     ADD_COUNTS
     + """
@@ -95,7 +97,7 @@ local seq = tonumber(ARGV[1])
 if seq > 0 then
   local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
   if seq <= mark then return {1} end
-  if tonumber(ARGV[2]) > mark then return {0} end
+  if tonumber(ARGV[2]) > mark then return {0, mark} end
 end
 local reply = add_counts({1})
 if reply['err'] then return reply end
@@ -181,6 +183,20 @@ def script_args(batch_counts: Counts) -> tuple[list[str], list[str | int]]:
     return keys, args
 
 
+def first_refused(batches: list[Batch], replies: list[Any]) -> dict[str, int]:
+    """The marks of the flushers whose first batch in the list was refused: its prev (the
+    last batch the node confirmed) is above the node's mark, so the node lost data."""
+    seen: set[str] = set()
+    behind: dict[str, int] = {}
+    for batch, reply in zip(batches, replies, strict=True):
+        if batch.flusher_id in seen:
+            continue
+        seen.add(batch.flusher_id)
+        if reply[0] == 0 and batch.prev > 0:
+            behind[batch.flusher_id] = int(reply[1])
+    return behind
+
+
 def set_aside(replies: list[Any]) -> tuple[str, ...]:
     return tuple(_poll_of(key) for reply in replies for key in reply[1:])
 
@@ -193,8 +209,12 @@ class ShardedRedisStore:
         timeout: float,
         tls_ca_file: str = "",
         retiring: list[NodeSpec] | None = None,
+        allow_forgetful: bool = False,
     ) -> None:
         self.manager = RedisManager(nodes, virtual_nodes, timeout, tls_ca_file, retiring)
+        self.allow_forgetful = allow_forgetful  # a node with no AOF and no replica: warn only
+        self.forgetful: dict[str, str] = {}  # node -> why it forgets (accepted, in /health)
+        self.marks_per_node = True  # a flusher's mark here is its last batch to this node
 
     @property
     def nodes(self) -> list[str]:
@@ -241,6 +261,14 @@ class ShardedRedisStore:
                 f"maxmemory-policy is {policy}, which can evict counts; "
                 "set maxmemory-policy noeviction",
             )
+        reason = await self.call(node, forgetful_reason(client))
+        if reason is None:
+            self.forgetful.pop(node, None)
+        elif not self.allow_forgetful:
+            raise NodeMisconfigured(node, self.manager.spec(node).safe_url, reason)
+        elif node not in self.forgetful:
+            logger.warning("node %s: %s", node, reason)
+            self.forgetful[node] = reason
 
     async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         node = self.node_for(poll_id)
@@ -263,6 +291,9 @@ class ShardedRedisStore:
             mark = hwm_key(batch.flusher_id)
             pipe.eval(APPLY, len(keys) + 1, mark, *keys, batch.seq, batch.prev, *args)
         replies = await self.call(node, pipe.execute())
+        behind = first_refused(batches, replies)
+        if behind:  # the node lost batches it had confirmed (app/services/forgetting.py)
+            raise MarksBehind(node, self.manager.spec(node).safe_url, behind)
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier batch
             spec = self.manager.spec(node)
             raise NodeUnavailable(node, spec.safe_url, "an earlier batch has not landed")
@@ -280,9 +311,9 @@ class ShardedRedisStore:
         markers, all or nothing (a poll's marker may have come with it from another node
         after a ring change: then only the others are applied)."""
         client = self.manager.client(node)
-        pending, day = dict(counts), today()
+        pending = dict(counts)
         while pending:
-            keys, args = once_args(key, fingerprint, pending, day)
+            keys, args = once_args(key, fingerprint, pending)
             reply = await self.call(node, client.eval(APPLY_ONCE, len(keys), *keys, *args))
             if reply[0] != 4:
                 return {1: "applied", 2: "replayed", 3: "reused"}[reply[0]]

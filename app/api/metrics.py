@@ -2,8 +2,9 @@
 
 Counting stays where it is cheapest: the services keep plain integers (accepted votes by
 path, flusher and batcher counters, cache hits), and `ServiceCollector` reads them when
-`/metrics` is scraped, so a vote costs nothing more. Only the two latency histograms are
-prometheus_client objects, observed once per flush and once per group fsync.
+`/metrics` is scraped, so a vote costs nothing more. Only the two latency histograms
+(`app/services/instruments.py`) are prometheus_client objects, observed once per flush and
+once per group fsync. This module sits above the services it reads: they never import it.
 
 Every figure is this process's own: with several workers each answers for itself.
 """
@@ -13,41 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.routing import Route
 
+from app.services.defined_polls import DefinedPolls
+from app.services.instruments import PATHS
+from app.services.polling_service import PollingService
+
 if TYPE_CHECKING:
     from prometheus_client import Metric
-
-    from app.services.defined_polls import DefinedPolls
-    from app.services.polling_service import PollingService
-
-PATHS = ("adhoc", "bulk", "defined", "keyed")
-Rejections = dict[tuple[str, str], int]  # (path, reason) -> requests refused
-
-
-def flush_histogram() -> Histogram:
-    """One flush of every node with work, in parallel (not registered: the collector
-    yields it)."""
-    return Histogram(
-        "polling_flush_duration_seconds",
-        "Time one flush took, all nodes in parallel",
-        registry=None,
-        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-    )
-
-
-def fsync_histogram() -> Histogram:
-    """One group fsync of the journal's open segments."""
-    return Histogram(
-        "polling_journal_fsync_duration_seconds",
-        "Time one group fsync of the vote journal took",
-        registry=None,
-        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
-    )
-
 
 Family = type[GaugeMetricFamily | CounterMetricFamily]
 

@@ -1,6 +1,9 @@
-"""Hostile review (review-m2) of the fixes to the ring change done while serving:
-`ring:moving`, the three-pass scan, the narrowed first touch. Real nodes, synchronised by
-gates on the mover's node calls (tests/test_review_moves.py), no sleeps."""
+"""What a start reads of an earlier ring change: the `ring:moving` marker a cut-off move
+left and the ring recorded in `ring:config`. Every node they name must be configured or
+retiring by the same URL, or the start refuses naming it; a second cut-off keeps the
+first one's target, a marker that cannot be read counts as a node down, and a rollback
+with a journal counts each batch once. Real nodes, synchronised by gates on the mover's
+node calls (tests/ring_helpers.py), no sleeps."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from app.storage.mover import Mover
 from app.storage.moves import MOVING_KEY
 from app.storage.redis_store import ShardedRedisStore
 from tests.conftest import NodeFactory, service_for
-from tests.test_review_moves import Gate, GatedMover, counts_on, definition, find_poll, make_service
+from tests.ring_helpers import Gate, GatedMover, counts_on, definition, find_poll, make_service
 
 T = TypeVar("T")
 
@@ -33,17 +36,16 @@ def marker_on(node: object, key: str = MOVING_KEY) -> object:
     return None if value is None else sorted(json.loads(value)["nodes"])
 
 
-async def test_a_second_cut_off_overwrites_the_marker_and_forgets_the_first_ones_target(
+async def test_a_second_cut_off_keeps_the_first_ones_target_in_the_marker(
     start_node: NodeFactory,
 ) -> None:
     """Ring (a, b) recorded. Change to (a, b, c): P moves a -> c completely (COPY and
     RELEASE done), then the process is killed: `ring:moving` on a names a, b, c. The
     operator then configures (a, b, d) instead (c dropped, not named retiring: the README
     says the marker is enough). That start is cut off too, right after STAGE of Q on a:
-    STAGE SETs `ring:moving` on a to (a, b, d), overwriting the only record that c holds
-    polls. The next start with (a, b, d) reads a marker naming a, b, d only: c is never
-    scanned, the move completes, records the ring, clears the marker, and P's 5 votes
-    (that clients saw) are gone from every read, for good."""
+    STAGE's marker on a still names c. The next start with (a, b, d, c retiring) reads P's
+    5 votes (that clients saw) and Q's 1. (Found in review: STAGE overwrote `ring:moving`
+    with (a, b, d), c was never scanned, and P's 5 votes were gone for good.)"""
     nodes = {label: start_node() for label in "abcd"}
     p = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c"), (["a", "b", "d"], "a")])
     q = find_poll("q", [(["a", "b"], "a"), (["a", "b", "c"], "a"), (["a", "b", "d"], "d")])
@@ -94,13 +96,12 @@ async def test_a_second_cut_off_overwrites_the_marker_and_forgets_the_first_ones
         await service.stop()
 
 
-async def test_the_overwritten_marker_lets_a_defined_polls_voter_vote_twice(
+async def test_after_a_second_cut_off_a_defined_poll_keeps_its_voters_vote(
     start_node: NodeFactory,
 ) -> None:
     """The same sequence as above with a defined poll D (voter v1 has voted) in place of
-    P: after the last start D answers 404 on its owner, so it can be created again under
-    the same id and v1 votes a second time (one vote per voter, broken), while the first
-    D with v1's vote sits on c."""
+    P: after the last start D is found with v1's one vote. (Found in review: D answered
+    404, so it could be created again under the same id and v1 voted a second time.)"""
     nodes = {label: start_node() for label in "abcd"}
     d = find_poll("d", [(["a", "b"], "a"), (["a", "b", "c"], "c"), (["a", "b", "d"], "a")])
     q = find_poll("q", [(["a", "b"], "a"), (["a", "b", "c"], "a"), (["a", "b", "d"], "d")])
@@ -148,16 +149,14 @@ async def test_the_overwritten_marker_lets_a_defined_polls_voter_vote_twice(
         await service.stop()
 
 
-async def test_a_recorded_ring_naming_an_unconfigured_node_is_moved_past_silently(
+async def test_a_recorded_ring_naming_an_unconfigured_node_refuses_the_start_naming_it(
     start_node: NodeFactory,
 ) -> None:
     """Ring (a, b, c) recorded on a, b and c. The operator removes c from REDIS_NODES and
     forgets REDIS_RETIRING_NODES (README step 2 asks for it). `ring:config` on a and b
     names c and its URL, exactly what `ring:moving` carries, and the start uses that same
-    record to narrow first touches; yet it neither refuses (as it does for a marker naming
-    a node it cannot reach) nor moves c's polls: the move says "done", records (a, b), and
-    P's 3 votes, seen by clients, are gone from every read. Expected: a start that refuses
-    naming c (or moves it off as the marker path does)."""
+    record to narrow first touches. The start refuses, naming c and its recorded URL.
+    (Found in review: the move said "done", recorded (a, b), and P's 3 votes were gone.)"""
     nodes = {label: start_node() for label in "abc"}
     p = find_poll("p", [(["a", "b", "c"], "c")])
     first, _, _ = make_service(nodes, ["a", "b", "c"])
@@ -208,17 +207,16 @@ def fail_once(mover: GatedMover, node: str, step: str, n: int) -> None:
     mover.run = failing  # type: ignore[method-assign,assignment]
 
 
-async def test_one_failed_marker_read_at_start_narrows_the_move_and_erases_the_marker(
+async def test_one_failed_marker_read_at_start_keeps_the_marker_and_the_counts(
     start_node: NodeFactory,
 ) -> None:
     """Ring (a, b) recorded; a change to (a, b, c) moved P a -> c and was cut off
     (`ring:moving` on a names c). The operator configures (a, b, d). At start node a
     answers its `ring:config` GET but its `ring:moving` GET fails once (a connection reset;
-    a is fine a moment later). `cut_off` leaves the failed node out silently, and `down`
-    is computed from `recorded` only, so the start sees no marker: c is not made retiring,
-    first touches are narrowed to the ring (a, b), the scan (a, b, d) completes, records
-    the ring and deletes the marker on a -- the only trace of c. P's 4 votes are lost for
-    good. README "Not covered" only admits a node *down* at a start whose ring *matches*."""
+    a is fine a moment later). The failed read counts as a node down: the start refuses,
+    or it makes c retiring and P reads its 4 votes. (Found in review: the start saw no
+    marker, the scan completed and deleted the marker on a, the only trace of c, and P's
+    4 votes were lost for good.)"""
     nodes = {label: start_node() for label in "abcd"}
     p = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c"), (["a", "b", "d"], "a")])
     first, _, _ = make_service(nodes, ["a", "b"])
@@ -254,33 +252,13 @@ async def test_one_failed_marker_read_at_start_narrows_the_move_and_erases_the_m
     assert observed == ({"A": 4}, None, ["c"]) or isinstance(observed, str), observed
 
 
-async def test_the_dry_run_counts_each_staged_move_twice(start_node: NodeFactory) -> None:
-    """README step 3: the dry run says "how many moves staged by a run that was cut off it
-    would finish". One move is staged (a -> c, cut off after STAGE); the dry run, which
-    passes the records twice and finishes nothing in between, says 2."""
-    nodes = {label: start_node() for label in "abc"}
-    p = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
-    with redis.Redis(port=nodes["a"].port) as client:
-        client.hset(f"poll:{{{p}}}", mapping={"A": 1})
-    ring2, _, mover2 = make_service(nodes, ["a", "b", "c"])
-    await ring2.store.open()
-    try:
-        await mover2._stage("a", [p], True, True, True)  # kill -9 after STAGE
-        report = await mover2.scan(dry_run=True)
-    finally:
-        await ring2.store.close()
-    assert report.staged == 1, report
-
-
-async def test_a_marker_naming_a_label_now_on_another_server_is_ignored(
+async def test_a_marker_naming_a_label_now_on_another_server_moves_it_off_or_refuses(
     start_node: NodeFactory,
 ) -> None:
     """Ring (a, b) recorded. A change to (a, b, c=server S) moved P to S and was cut off
     (`ring:moving` on a: c = S's URL). The operator replaces c's server: (a, b, c=server
-    T). `reach_cut_off_targets` skips every label already configured without comparing the
-    URL the marker recorded, so S is never scanned; the move records the ring, clears the
-    marker, and P's 2 votes stay on S, unread, for good. Expected: S moved off (as a
-    retiring node under another name), or a refusal naming c and both URLs."""
+    T). The start moves S off, or refuses naming c. (Found in review: the marker's URL was
+    not compared, S was never scanned, and P's 2 votes stayed on S, unread, for good.)"""
     nodes = {label: start_node() for label in "abc"}
     nodes["t"] = start_node()
     p = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
@@ -334,18 +312,20 @@ def journaled_gated(
     return service, mover
 
 
-async def test_a_rollback_by_the_marker_alone_replays_a_journal_batch_the_dropped_node_had(
+async def test_a_rollback_by_the_marker_counts_once_a_journal_batch_the_dropped_node_had(
     start_node: NodeFactory, tmp_path: Path
 ) -> None:
     """README, "A move cut off, then another ring": a change to (a, b, c) killed mid-move,
     then rolled back to (a, b): c is moved off "as a retiring node for that move", by the
     marker, without naming it. With JOURNAL_DIR, the killed (a, b, c) process left a
-    sealed batch of 3 votes for Q (owner c) that c had applied (its reply was lost). The
-    rollback start replays the journal *before* it reads `ring:moving`, so c is not yet
-    known: the batch is re-addressed to Q's owner under (a, b) and applied there, then the
-    move brings c's copy of the same 3 votes: Q reads 6. ("Not covered" names this only
-    for a node in neither setting, and says to name a removed node as retiring: the
-    cut-off-then-rollback path tells the operator the marker is enough.)"""
+    sealed batch of 3 votes for Q (owner c) that c had applied (its reply was lost). A
+    rollback start without c is refused (the marker names it); with c retiring, Q reads 3.
+    (Found in review: the journal was replayed before `ring:moving` was read, the batch
+    was re-addressed to Q's owner under (a, b), and the move brought c's copy too: 6.)
+
+    The race this test once lost (1 run in 4): the cut-off process released the scan's
+    gate before abandon() cancelled the migration task, so the scan could finish the move
+    and clear `ring:moving` first. It is killed with the gate still held."""
     from tests.faults import FaultyStore, abandon
 
     nodes = {label: start_node() for label in "abc"}

@@ -1,0 +1,185 @@
+"""One ring at a time (docs/guarantees.md): two instances with different rings never both
+take votes, and counts that an earlier split left on a non-owner are found and moved."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import redis
+
+from app.devtools.local_nodes import LocalNode
+from app.devtools.uvicorn_process import UvicornProcess
+from app.services.errors import RebalanceBlocked, ShuttingDown
+from app.services.health_report import health_report
+from app.services.polling_service import PollingService
+from app.storage.moves import RING_KEY, ring_config
+from app.storage.ring_lease import LEASES_KEY, SERVED_KEY, RingLease
+from tests.conftest import NodeFactory
+from tests.faults import abandon
+from tests.ring_helpers import counts_on, find_poll, make_service
+
+
+async def wait_for(condition: object, seconds: float = 30.0) -> None:
+    """Poll `condition()` until true (a deadline, not a sleep standing in for an event)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def start_or_refusal(service: PollingService) -> str | None:
+    try:
+        await service.start()
+    except RebalanceBlocked as exc:
+        await service.store.close()
+        return str(exc)
+    return None
+
+
+async def test_two_instances_started_at_once_with_different_rings_do_not_both_serve(
+    start_node: NodeFactory,
+) -> None:
+    nodes = {label: start_node() for label in "abc"}
+    two, _, _ = make_service(nodes, ["a", "b"])
+    three, _, _ = make_service(nodes, ["a", "b", "c"])
+    outcomes = await asyncio.gather(start_or_refusal(two), start_or_refusal(three))
+    try:
+        assert sorted(o is None for o in outcomes) == [False, True]  # one serves, one refused
+        refusal = next(o for o in outcomes if o is not None)
+        assert "another ring" in refusal and "REDIS_NODES" in refusal
+        loser = two if outcomes[0] is not None else three
+        assert not loser.accepting
+        with pytest.raises(ShuttingDown):
+            loser.vote("p", "A")
+    finally:
+        for service in (two, three):
+            if service.accepting:
+                await service.stop()
+
+
+async def test_a_killed_instances_lease_ends_and_a_new_ring_then_starts(
+    start_node: NodeFactory,
+) -> None:
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+    old, _, _ = make_service(nodes, ["a", "b"])
+    await old.start()
+    assert old.migration is not None
+    await old.migration.wait()
+    await old.register({poll_id: ["A"]})
+    old.vote(poll_id, "A")
+    assert await old.flusher.flush()
+    await abandon(old)  # kill -9: its leases stay on the nodes until they run out
+    with redis.Redis(port=nodes["a"].port) as client:
+        assert client.hlen(LEASES_KEY) == 1
+    new, _, _ = make_service(nodes, ["a", "b", "c"])
+    await new.start()  # waits for the dead instance's lease to run out, then serves
+    try:
+        assert new.migration is not None
+        await new.migration.wait()
+        assert counts_on(nodes["c"], poll_id) == {"A": 1}
+    finally:
+        await new.stop()
+
+
+async def test_an_instance_whose_lease_another_ring_took_stops_taking_votes(
+    start_node: NodeFactory,
+) -> None:
+    nodes = {label: start_node() for label in "ab"}
+    service, _, mover = make_service(nodes, ["a", "b"])
+    await service.start()
+    try:
+        with redis.Redis(port=nodes["a"].port) as client:
+            client.delete(LEASES_KEY)  # its lease lapsed there (a long stall, say)
+        other = RingLease(mover.manager, mover.call, "another ring", 60)
+        await other._acquire("a")  # and an instance with another ring took the node
+        await wait_for(lambda: service.ring_lost is not None)  # the next renewal sees it
+        with pytest.raises(ShuttingDown, match="no longer serves the ring"):
+            service.vote("p", "A")
+        report = await health_report(service)
+        assert report["status"] == "degraded" and "another ring" in str(report["ring_lost"])
+    finally:
+        await service.stop()
+
+
+def seed_an_old_split(nodes: dict[str, LocalNode], config: str, poll_id: str) -> None:
+    """What an earlier split left, on nodes from before leases: the ring recorded, no list
+    of the rings that served, and a poll's counts on a node that is not its owner."""
+    for node in nodes.values():
+        with redis.Redis(port=node.port) as client:
+            client.set(RING_KEY, config)
+            client.delete(SERVED_KEY)
+    with redis.Redis(port=nodes["b"].port) as client:
+        client.hset(f"poll:{{{poll_id}}}", mapping={"A": 2})
+        client.sadd(f"poll:{{{poll_id}}}:options", "A")
+
+
+async def test_a_start_finds_and_moves_counts_an_earlier_split_left_on_a_non_owner(
+    start_node: NodeFactory,
+) -> None:
+    nodes = {label: start_node() for label in "ab"}
+    poll_id = find_poll("p", [(["a", "b"], "a")])  # owner a; the split left it on b
+    service, _, mover = make_service(nodes, ["a", "b"])
+    seed_an_old_split(nodes, ring_config(mover.manager), poll_id)
+    await service.start()
+    try:
+        assert service.migration is not None
+        await service.migration.wait()
+        assert counts_on(nodes["a"], poll_id) == {"A": 2}
+        assert counts_on(nodes["b"], poll_id) == {}
+        assert (await service.results(poll_id)).results == {"A": 2}
+    finally:
+        await service.stop()
+    with redis.Redis(port=nodes["a"].port, decode_responses=True) as client:
+        assert len(client.smembers(SERVED_KEY)) == 1  # settled: only this ring since
+
+
+async def test_a_restart_with_the_same_ring_recorded_scans_nothing(
+    start_node: NodeFactory,
+) -> None:
+    """The control for the test above: with the list of rings kept, nothing is moved."""
+    nodes = {label: start_node() for label in "ab"}
+    first, _, _ = make_service(nodes, ["a", "b"])
+    await first.start()
+    assert first.migration is not None
+    await first.migration.wait()
+    await first.stop()
+    again, _, _ = make_service(nodes, ["a", "b"])
+    await again.start()
+    try:
+        assert again.migration is not None and not again.migration.active
+    finally:
+        await again.stop()
+
+
+def test_two_service_processes_started_at_once_with_different_rings_one_refuses(
+    start_node: NodeFactory,
+) -> None:
+    """The same race between two real processes (uvicorn): the loser says why in one line
+    and exits non-zero; the winner serves."""
+    nodes = [start_node(), start_node(), start_node()]
+    rings = [nodes[:2], nodes]
+    env = {"BATCH_INTERVAL_SECONDS": "0.2", "RING_LEASE_SECONDS": "1"}
+    processes = [
+        UvicornProcess(env={**env, "REDIS_NODES": ",".join(n.url for n in ring)}) for ring in rings
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while all(p.process.poll() is None for p in processes):
+            assert time.monotonic() < deadline, "neither start was refused"
+            time.sleep(0.05)
+        loser = next(p for p in processes if p.process.poll() is not None)
+        winner = next(p for p in processes if p is not loser)
+        printed = loser.finish()
+        assert loser.process.returncode != 0
+        assert "Traceback" not in printed
+        assert len([line for line in printed.splitlines() if "another ring" in line]) == 1
+        winner.wait_ready()
+        assert httpx.post(f"{winner.url}/api/v1/vote/p", json={"option_id": "A"}).status_code == 200
+    finally:
+        for process in processes:
+            process.kill()
