@@ -28,7 +28,7 @@ def rss_kib() -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.timeout(600)  # 25-70 s on this shared machine; more when it is loaded
+@pytest.mark.timeout(600)  # 13-70 s on this shared machine; more when it is loaded
 def test_300000_distinct_stream_ids_leave_memory_flat() -> None:
     uvloop.run(distinct_stream_ids())  # the service's event loop; twice as fast here
 
