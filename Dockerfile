@@ -8,4 +8,4 @@ COPY app ./app
 
 EXPOSE 8000
 # exec: uvicorn gets SIGTERM itself and flushes held votes before exiting.
-CMD ["sh", "-c", "exec uvicorn app.main:create_app --factory --host 0.0.0.0 --port 8000 --loop uvloop --http app.core.http_protocol:HeaderCappedProtocol --no-access-log --workers ${WORKERS}"]
+CMD ["sh", "-c", "exec uvicorn app.main:create_app --factory --host 0.0.0.0 --port 8000 --loop uvloop --http app.core.service_protocol:ServiceProtocol --no-access-log --workers ${WORKERS}"]

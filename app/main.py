@@ -24,15 +24,18 @@ from app.api.responses import to_response
 from app.api.v1.router import api_router
 from app.api.voters import VoterCookies
 from app.core.config import Settings
+from app.core.gc_tuning import GcPauses, stop_recording, tune_after_start_up
+from app.core.limits import raise_open_files, stream_cap
 from app.services.defined_polls import DefinedPolls
 from app.services.events import Events
 from app.services.grip_setup import build_publishers
 from app.services.history_recorder import HistoryRecorder
 from app.services.journal import Journal
-from app.services.live_results import LiveResults
+from app.services.live_results import HEARTBEAT_SECONDS, LiveResults
 from app.services.polling_service import PollingService
 from app.services.read_states import ReadStates
 from app.services.results_cache import ResultsCache
+from app.services.stream_caps import StreamCaps
 from app.storage.base import Store
 from app.storage.cluster_store import ClusterRedisStore
 from app.storage.defined import RedisDefinedStore
@@ -114,6 +117,21 @@ def build_events(service: PollingService, polls: DefinedPolls) -> Events:
     return Events(MemoryEventStore(), polls)
 
 
+def build_live(settings: Settings) -> LiveResults:
+    """The streams' publishers, with caps that leave file handles for everything else."""
+    open_files = raise_open_files()
+    caps = StreamCaps(stream_cap(settings, open_files), settings.stream_max_per_client)
+    logger.info("open-file limit %d; at most %d live streams", open_files, caps.total)
+    return LiveResults(
+        settings.stream_interval_seconds,
+        heartbeat=HEARTBEAT_SECONDS,
+        buffer_bound=settings.stream_buffer_bytes,
+        stall_seconds=settings.stream_stall_seconds,
+        max_empty_polls=settings.stream_max_empty_polls,
+        caps=caps,
+    )
+
+
 def build_cookies(settings: Settings) -> VoterCookies:
     if settings.voter_secret is None:
         logger.warning("VOTER_SECRET is not set: voter cookies are valid for this process only")
@@ -192,15 +210,16 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.events = build_events(service, app.state.defined)
         app.state.history = history = HistoryRecorder(app.state.defined)
         app.state.voter_cookies = build_cookies(settings)
-        app.state.live = live = LiveResults(settings.stream_interval_seconds)
+        app.state.live = live = build_live(settings)
         app.state.read_states = states = ReadStates(settings.results_max_age_seconds)
         app.state.defined.changed = lambda poll_id: states.forget(f"def:{poll_id}")
         app.state.grip = build_publishers(settings, service.store, states)
         app.state.metrics.stream_subscribers = lambda: live.subscribers
-        app.state.metrics.stream_reads = lambda: sum(live.reads.values())
+        app.state.metrics.stream_reads = lambda: live.reads.total
         await service.start()
         await _warn_unreachable(service.store)
         history.start()
+        tune_after_start_up(gc_pauses, settings.gc_tuning)
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
         logger.info(
             "started: nodes %s; batch every %ss; cache %ss",
@@ -211,6 +230,7 @@ def create_api(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            stop_recording(gc_pauses)
             await app.state.live.close()
             if app.state.grip is not None:
                 await app.state.grip.close()
@@ -235,6 +255,8 @@ def create_api(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.body_deadlines = BodyDeadlines(settings.body_timeout_seconds)
     registry, app.state.metrics = metrics_registry(app.state)
+    gc_pauses = GcPauses()
+    registry.register(gc_pauses)
     app.router.routes.append(metrics_route(registry))
 
     @app.get("/", tags=["health"], summary="Liveness", response_model=dict[str, str])

@@ -361,6 +361,28 @@ def _metric(url: str, name: str) -> int:
     return -1
 
 
+def gc_pauses(url: str) -> dict[str, float]:
+    """The service's garbage collections so far (`polling_gc_*`, from `gc.callbacks`):
+    runs and seconds paused over all generations, full (generation 2) runs, longest pause."""
+    found = {"runs": 0.0, "seconds": 0.0, "full_runs": 0.0, "longest_s": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("polling_gc_collections_total{"):
+            found["runs"] += float(value)
+            if 'generation="2"' in name:
+                found["full_runs"] += float(value)
+        elif name.startswith("polling_gc_pause_seconds_total{"):
+            found["seconds"] += float(value)
+        elif name.startswith("polling_gc_pause_max_seconds{"):
+            found["longest_s"] = max(found["longest_s"], float(value))
+    return found
+
+
+def gc_since(url: str, before: dict[str, float]) -> dict[str, float]:
+    now = gc_pauses(url)
+    return {k: (now[k] if k == "longest_s" else now[k] - before[k]) for k in now}
+
+
 def server_subscribers(url: str) -> int:
     return _metric(url, "polling_stream_subscribers")
 
@@ -383,6 +405,8 @@ def measure(nodes: list[LocalNode], token: str, log: Log) -> dict[str, Any]:
         "REDIS_NODES": ",".join(f"redis_{n.port}={n.url}" for n in nodes),
         "API_TOKEN": token,
         "STREAM_INTERVAL_SECONDS": str(INTERVAL),
+        "STREAM_MAX_PER_CLIENT": "0",  # every subscriber comes from this one client
+        "GC_TUNING": os.environ.get("BENCH_GC_TUNING", "true"),
     }
     service = UvicornProcess("app.main:create_app", env, quiet=True).wait_ready()
     url, pid = service.url, service.process.pid
@@ -413,9 +437,12 @@ def measure(nodes: list[LocalNode], token: str, log: Log) -> dict[str, Any]:
             rss = rss_kib(pid)
             on_server = server_subscribers(url)
             points, count = stream_reads(url), client.call("count")
-            started = time.monotonic()
+            collected = gc_pauses(url)
+            started, worker_cpu = time.monotonic(), cpu_seconds(pid)
             rate = vote_rate(f"fanout-{held}", held)
             elapsed = time.monotonic() - started
+            worker_share = (cpu_seconds(pid) - worker_cpu) / elapsed
+            log(f"fan-out: {held:,} subscribers, the worker used {worker_share:.2f} of a core")
             points, count = (
                 stream_reads(url) - points,
                 {k: v - count[k] for k, v in client.call("count").items()},
@@ -434,6 +461,13 @@ def measure(nodes: list[LocalNode], token: str, log: Log) -> dict[str, Any]:
             latency = client.call("latency", votes=LATENCY_VOTES, rate=VOTE_RATE, tag=str(held))
             cpu, events = cpu_seconds(pid) - cpu, client.call("count")["events"] - events
             cpu_per_event_us = cpu / max(events, 1) * 1e6
+            collected = gc_since(url, collected)
+            log(
+                f"fan-out: {held:,} subscribers, garbage collector while voting and the delay "
+                f"votes: {collected['runs']:.0f} runs ({collected['full_runs']:.0f} full), "
+                f"{collected['seconds'] * 1000:.0f} ms paused; longest pause since start "
+                f"{collected['longest_s'] * 1000:.0f} ms"
+            )
             log(
                 f"fan-out: {held:,} subscribers, {latency['votes']} votes, acknowledged -> "
                 f"event: p50 "
@@ -455,6 +489,8 @@ def measure(nodes: list[LocalNode], token: str, log: Log) -> dict[str, Any]:
                     "vote_seconds": elapsed,
                     "latency": latency,
                     "cpu_per_event_us": cpu_per_event_us,
+                    "gc": collected,
+                    "worker_cores_while_voting": worker_share,
                 }
             )
             if held < n:
@@ -505,8 +541,9 @@ def markdown(f: dict[str, Any]) -> list[str]:
         "",
         "| subscribers held | vote req/s | vs 0 subscribers | events/s delivered (each) "
         "| poll reads while voting | RSS MiB (KiB per subscriber) | worker CPU per event us "
-        "| vote acknowledged -> event p50 / p99 ms (votes) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vote acknowledged -> event p50 / p99 ms (votes) | GC runs (full), ms paused "
+        "| longest GC pause ms | worker cores while voting |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in f["steps"]:
         lat = s["latency"]
@@ -516,7 +553,10 @@ def markdown(f: dict[str, Any]) -> list[str]:
             f"| {s['reads_while_voting']} in {s['vote_seconds']:.1f} s "
             f"| {s['rss_kib'] / 1024:.0f} ({s['rss_per_subscriber_kib']:.1f}) "
             f"| {s['cpu_per_event_us']:.0f} "
-            f"| {lat['p50_ms']:.0f} / **{lat['p99_ms']:.0f}** ({lat['votes']}) |"
+            f"| {lat['p50_ms']:.0f} / **{lat['p99_ms']:.0f}** ({lat['votes']}) "
+            f"| {s['gc']['runs']:.0f} ({s['gc']['full_runs']:.0f}), "
+            f"{s['gc']['seconds'] * 1000:.0f} "
+            f"| {s['gc']['longest_s'] * 1000:.0f} | {s['worker_cores_while_voting']:.2f} |"
         )
     if not f["steps"]:
         return rows

@@ -19,6 +19,7 @@ from app.api.fast_path import FastPath
 from app.core.config import Settings
 from app.devtools.local_nodes import LocalNode
 from app.main import create_app
+from app.services.event_frames import unchunk
 from app.services.live_results import LiveResults, Snapshot
 from tests.conftest import NodeFactory, ServiceProcess, nodes_setting, settings_for
 from tests.sse import StreamClient
@@ -114,7 +115,11 @@ async def test_a_thousand_subscribers_get_the_final_counts_from_one_read_per_int
     start_node: NodeFactory,
 ) -> None:
     subscribers = 1000
-    async with live_app(stream_settings([start_node()])) as (app, client, live):
+    async with live_app(stream_settings([start_node()], stream_max_per_client=0)) as (
+        app,
+        client,
+        live,
+    ):
         await define(client, "keynote")
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -157,24 +162,69 @@ async def test_a_thousand_subscribers_get_the_final_counts_from_one_read_per_int
         await asyncio.gather(*(s.close() for s in streams))
 
 
-async def test_a_subscriber_that_does_not_read_holds_one_state_not_a_queue() -> None:
+class SlowTransport:
+    """A subscriber's transport whose buffer is over the bound until `drained`."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.full = True
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 1 << 20 if self.full else 0
+
+
+def totals(transport: SlowTransport) -> list[int]:
+    return [int(unchunk(d).split(b"data: ")[1].split(b"\n")[0]) for d in transport.written]
+
+
+async def test_a_subscriber_that_does_not_read_skips_states_and_gets_the_newest() -> None:
     live = LiveResults(interval=0.001)
     total = 0
 
     async def read() -> Snapshot:
         nonlocal total
         total += 1
-        return Snapshot(b"{}", total, total, final=total == 100)
+        return Snapshot(b"%d" % total, total, total, final=total == 100)
 
-    slow = live.subscribe("p", read)
-    watcher = live.subscribe("p", read)
-    seen = [(await watcher.next()).snapshot.total]
-    while seen[-1] < 100:
-        seen.append((await watcher.next()).snapshot.total)
-    assert seen == sorted(seen)  # never an older state after a newer one
-    assert live.reads["p"] == 100 and not live.publishers
-    latest = await slow.next()  # the slow one skipped 99 states: it held only the newest
-    assert latest.snapshot.total == 100 and latest.snapshot.final
+    slow, watcher = live.subscribe("p", read), live.subscribe("p", read)
+    first = await slow.first()
+    assert first == await watcher.first()
+    slow_sink, fast_sink = SlowTransport(), SlowTransport()
+    fast_sink.full = False
+    slow_done, fast_done = asyncio.Future[str](), asyncio.Future[str]()
+    slow.attach(slow_sink, slow_done)
+    watcher.attach(fast_sink, fast_done)
+    while total < 50:
+        await asyncio.sleep(0.001)
+    slow_sink.full, drained_at = False, total  # it drains: the newest follows, not the missed
+    assert await fast_done == "end" and await slow_done == "end"
+    seen = totals(fast_sink)
+    assert seen == sorted(set(seen)) and seen[-1] == 100  # never an older state, nor twice
+    slow_seen = totals(slow_sink)
+    assert slow_seen == sorted(set(slow_seen)) and slow_seen[-1] == 100
+    assert slow_seen[1] >= drained_at  # it skipped every state while it was over the bound
+    assert live.reads["p"] == 100 and live.reads.total == 100
+    slow.close()
+    watcher.close()
+    assert not live.publishers and live.subscribers == 0
+
+
+async def test_a_subscriber_stalled_past_the_deadline_is_closed() -> None:
+    live = LiveResults(interval=0.001, stall_seconds=0.05)
+
+    async def read() -> Snapshot:
+        return Snapshot(b"1", 1, 1)
+
+    stalled = live.subscribe("p", read)
+    await stalled.first()
+    done = asyncio.Future[str]()
+    stalled.attach(SlowTransport(), done)
+    assert await asyncio.wait_for(done, 10) == "stalled"
+    stalled.close()
+    assert not live.publishers
 
 
 async def test_a_closed_polls_stream_ends_after_its_final_event(start_node: NodeFactory) -> None:
@@ -353,3 +403,25 @@ async def test_a_closed_polls_stream_tells_the_browser_not_to_come_back(
             assert stream.last["final"] is True
             assert stream.retry is not None and stream.retry >= 3_600_000  # EventSource waits
         assert live.reads["def:done"] == 1  # a final, visible state is not read again
+
+
+async def test_one_heartbeat_per_poll_reaches_every_subscriber() -> None:
+    live = LiveResults(interval=0.01, heartbeat=0.02)
+
+    async def read() -> Snapshot:
+        return Snapshot(b"{}", 1, 1)  # never changes: only pings follow the first event
+
+    subscriptions = [live.subscribe("p", read) for _ in range(3)]
+    sinks = [SlowTransport() for _ in subscriptions]
+    for subscription, sink in zip(subscriptions, sinks, strict=True):
+        await subscription.first()
+        sink.full = False
+        subscription.attach(sink, asyncio.Future[str]())
+    while len(sinks[0].written) < 4:
+        await asyncio.sleep(0.01)
+    pings = [[d for d in sink.written if unchunk(d) == b": ping\n\n"] for sink in sinks]
+    assert all(len(p) >= 3 for p in pings)
+    assert pings[0][0] is pings[1][0] is pings[2][0]  # one frame, written to each
+    assert len(live.publishers) == 1 and len(asyncio.all_tasks()) == 2  # this test + 1 timer
+    for subscription in subscriptions:
+        subscription.close()

@@ -143,6 +143,51 @@ class Settings(BaseSettings):
         description="A poll streamed through Pushpin counts as watched this long after the "
         "last stream request (Pushpin renews it every half of this per connection).",
     )
+    stream_max_subscribers: int = Field(
+        0,
+        ge=0,
+        description="Most live results streams this process holds, then 503; 0: the open-file "
+        "limit less FILES_RESERVED less 128 connections kept for votes and reads.",
+    )
+    stream_max_per_client: int = Field(
+        500,
+        ge=0,
+        description="Most live results streams from one client address, then 503; 0: no cap "
+        "(behind a proxy every client has the proxy's address).",
+    )
+    stream_buffer_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="A subscriber with more unsent skips states until it drains.",
+    )
+    stream_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A subscriber over STREAM_BUFFER_BYTES this long is closed.",
+    )
+    stream_max_empty_polls: int = Field(
+        100,
+        ge=0,
+        description="Watched ad-hoc polls without votes (each read every 5 s); past it a stream "
+        "of another one answers 404.",
+    )
+    head_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="A connection without a complete request head this long "
+        "(since it opened or since its last response) is closed.",
+    )
+    files_reserved: int = Field(
+        128,
+        ge=16,
+        description="Open files kept for the journal, the nodes and logs: past the open-file "
+        "limit less this, new connections get 503 and are closed.",
+    )
+    gc_tuning: bool = Field(
+        True, description="Freeze start-up objects and raise the collector's thresholds."
+    )
     fast_vote_path: bool = True
     workers: int = Field(1, ge=1, le=64)
     journal_dir: str = Field("", description="Write-ahead journal folder; empty turns it off.")

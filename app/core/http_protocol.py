@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.config import load_settings
 
-PROTOCOL = "app.core.http_protocol:HeaderCappedProtocol"
+PROTOCOL = "app.core.service_protocol:ServiceProtocol"  # this class, and more
 
 
 @cache

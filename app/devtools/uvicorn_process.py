@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,6 +19,10 @@ from app.devtools.local_nodes import free_port
 SERVER_OPTIONS = ["--loop", "uvloop", "--http", PROTOCOL, "--no-access-log"]
 
 
+def _limit_files(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 class UvicornProcess:
     def __init__(
         self,
@@ -27,8 +32,11 @@ class UvicornProcess:
         factory: bool = True,
         quiet: bool = False,
         port: int | None = None,
+        open_files: int | None = None,
     ) -> None:
-        self.port = port or free_port()  # a given port: a restart at the same address
+        """`port`: a given port, for a restart at the same address; `open_files`: start it
+        with this open-file limit (soft and hard), like `ulimit -n`."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "uvicorn", target, "--port", str(self.port)]
         command += ["--workers", str(workers), *SERVER_OPTIONS]
@@ -43,6 +51,7 @@ class UvicornProcess:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # its own process group, so workers can be stopped with it
+            preexec_fn=None if open_files is None else lambda: _limit_files(open_files),
         )
         self.output = ""
         # Read what it prints while it runs: a pipe nobody reads fills up (64 KiB) and the

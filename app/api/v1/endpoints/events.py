@@ -363,8 +363,10 @@ def event_reader(events: Events, event_id: str) -> Reader:
     response_class=EventStream,
     responses={**stream_responses(STREAM_EXAMPLE, hidden=False), **NO_EVENT},
 )
-async def event_stream(event_id: EventId, events: EventsDep, live: LiveDep) -> Response:
+async def event_stream(
+    event_id: EventId, events: EventsDep, live: LiveDep, request: Request
+) -> Response:
     """`text/event-stream`: what `GET /events/{event_id}/state` answers, at once and whenever
     the current poll, the event's polls, or the current poll's state change, at most once per
     `STREAM_INTERVAL_SECONDS`; `: ping` every 15 s. The stream does not end by itself."""
-    return await open_stream(live, f"event:{event_id}", event_reader(events, event_id))
+    return await open_stream(live, f"event:{event_id}", event_reader(events, event_id), request)

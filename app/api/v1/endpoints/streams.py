@@ -3,7 +3,9 @@
 Each event is a default message, `id: <n>` and `data: <the results JSON>`, sent at once on
 connect and then whenever the results change, at most once per `STREAM_INTERVAL_SECONDS`
 per poll; `: ping` every 15 s. Every event is the whole state, so `Last-Event-ID` is not
-needed and not read: a reconnecting client gets the current state at once.
+needed and not read: a reconnecting client gets the current state at once. Past the stream
+caps (`STREAM_MAX_SUBSCRIBERS`, `STREAM_MAX_PER_CLIENT`) a stream answers 503 with
+Retry-After. The broadcaster is `app.services.live_results` (docs/live-fan-out.md).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from app.services.defined_polls import DefinedPolls
 from app.services.errors import HIDDEN, VoteRejected
 from app.services.live_results import LiveResults, Reader, ReadFailed, Snapshot, Stopped
 from app.services.polling_service import PollingService
+from app.services.stream_caps import StreamsFull
 
 router = APIRouter(tags=["live results"])
-HEARTBEAT_SECONDS = 15
-FINAL_RETRY_MS = 24 * 3600 * 1000  # `retry:` of the final event: EventSource waits a day
 STOPPING = {"detail": "the service is stopping", "type": "shutting_down"}
+NOT_YET = {"detail": "no such poll yet: it has no votes", "type": "poll_not_found"}
+RETRY_SOON = [(b"retry-after", b"5")]
 
 
 def get_live(request: Request) -> LiveResults:
@@ -72,7 +75,7 @@ def adhoc_reader(service: PollingService, poll_id: str) -> Reader:
         payload = msgspec.json.decode(reply[1])
         results: dict[str, int] = payload["results"]
         signature = (tuple(sorted(results.items())), payload.get("stale", False))
-        return Snapshot(reply[1], signature, sum(results.values()))
+        return Snapshot(reply[1], signature, sum(results.values()), empty=not results)
 
     return read
 
@@ -104,30 +107,38 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
     return read
 
 
-async def _open(live: LiveResults, key: str, read: Reader, organiser: bool) -> Response:
-    """The stream, or the JSON error that the first read gave."""
-    subscription = live.subscribe(key, read)
+async def _open(
+    live: LiveResults, key: str, read: Reader, request: Request, organiser: bool
+) -> Response:
+    """The stream, or the JSON error that the caps or the first read gave."""
+    client = request.client.host if request.client else ""
+    try:
+        subscription = live.subscribe(key, read, client)
+    except StreamsFull as exc:
+        busy = {"detail": str(exc), "type": "too_many_streams"}
+        return to_response(json_reply(503, busy, [*RETRY_SOON, (b"connection", b"close")]))
     streaming = False
     try:
         try:
-            first = await subscription.next()
+            first = await subscription.first()
         except ReadFailed as exc:
             return to_response(exc.reply)
         except Stopped:
-            return to_response(json_reply(503, STOPPING, [(b"retry-after", b"5")]))
+            return to_response(json_reply(503, STOPPING, RETRY_SOON))
         if first.snapshot.hidden and not organiser:
             return to_response(rejected_reply(HIDDEN))
-
+        if live.too_many_empty(key):
+            return to_response(json_reply(404, NOT_YET, RETRY_SOON))
         streaming = True
-        return EventStreamResponse(subscription, first, HEARTBEAT_SECONDS, FINAL_RETRY_MS)
+        return EventStreamResponse(subscription)
     finally:
         if not streaming:
             subscription.close()
 
 
-async def open_stream(live: LiveResults, key: str, read: Reader) -> Response:
+async def open_stream(live: LiveResults, key: str, read: Reader, request: Request) -> Response:
     """A stream that anyone may follow (nothing in it is hidden)."""
-    return await _open(live, key, read, organiser=True)
+    return await _open(live, key, read, request, organiser=True)
 
 
 def _bad_id(poll_id: str) -> Response | None:
@@ -170,7 +181,7 @@ async def defined_stream(
     organiser = is_organiser(request, settings)
     if (grip := grip_publishers(request)) is not None:  # through Pushpin: held there
         return await grip_stream(request, grip, f"def:{poll_id}", read, organiser)
-    return await _open(live, f"def:{poll_id}", read, organiser)
+    return await _open(live, f"def:{poll_id}", read, request, organiser)
 
 
 @router.get(
@@ -192,4 +203,4 @@ async def adhoc_stream(
     read = adhoc_reader(service, poll_id)
     if (grip := grip_publishers(request)) is not None:  # through Pushpin: held there
         return await grip_stream(request, grip, f"adhoc:{poll_id}", read, organiser=True)
-    return await _open(live, f"adhoc:{poll_id}", read, organiser=True)
+    return await _open(live, f"adhoc:{poll_id}", read, request, organiser=True)
