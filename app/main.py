@@ -150,17 +150,18 @@ def build_journal(settings: Settings) -> Journal | None:
     )
 
 
-async def _warn_unreachable(store: Store) -> None:
+def _warn_unreachable(service: PollingService) -> None:
     """A start with nodes that do not answer serves anyway (votes for known options are
-    held for them): say so as a WARNING naming them, not in INFO lines alone."""
-    reachable = await store.ping()
-    down = [f"{label}={url}" for label, url in store.describe() if not reachable.get(label)]
+    held for them): say so as a WARNING naming them. No round trip of its own: a node that
+    start-up could not check (`flusher.checked`) did not answer."""
+    described = service.store.describe()
+    down = [f"{label}={url}" for label, url in described if label not in service.flusher.checked]
     if down:
-        some = f"{len(down)} of {len(reachable)} nodes not"
+        some = f"{len(down)} of {len(described)} nodes not"
         logger.warning(
             "started with %s reachable: %s; votes for them are held (up to the backlog cap) "
             "until they answer",
-            "no node" if len(down) == len(reachable) else some,
+            "no node" if len(down) == len(described) else some,
             ", ".join(down),
         )
 
@@ -217,7 +218,7 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.metrics.stream_subscribers = lambda: live.subscribers
         app.state.metrics.stream_reads = lambda: live.reads.total
         await service.start()
-        await _warn_unreachable(service.store)
+        _warn_unreachable(service)
         history.start()
         tune_after_start_up(gc_pauses, settings.gc_tuning)
         nodes = ", ".join(f"{label}={url}" for label, url in service.store.describe())
