@@ -169,6 +169,8 @@ def _warn_unreachable(service: PollingService) -> None:
 def _configure_logging(debug: bool) -> None:
     app_logger = logging.getLogger("app")
     app_logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    if logging.getLogger().handlers:  # the host configured logging (a test runner): use it
+        return
     if not app_logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

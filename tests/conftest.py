@@ -67,6 +67,9 @@ def settings_for(nodes: list[LocalNode] | None, **overrides: Any) -> Settings:
         "redis_nodes": nodes_setting(nodes) if nodes else "",
         "batch_interval_seconds": 3600,  # tests flush explicitly unless they ask otherwise
         "ring_lease_seconds": 1.0,  # a killed service's lease ends soon
+        # In-process apps share the test runner's heap: a full collection and a freeze at
+        # each of hundreds of starts would cost seconds each (served processes tune it).
+        "gc_tuning": False,
     }
     values.update(overrides)
     return load_settings(**values)

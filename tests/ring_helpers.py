@@ -76,6 +76,22 @@ def make_service(
     return service, defined, mover
 
 
+async def serving_with_votes(
+    nodes: dict[str, LocalNode], labels: list[str], poll_id: str, votes: int
+) -> PollingService:
+    """A started service on the ring of `labels`, that ring recorded, and `votes` votes for
+    option A of the ad-hoc poll flushed to its owner; the caller stops (or kills) it."""
+    service, _, _ = make_service(nodes, labels)
+    await service.start()
+    assert service.migration is not None
+    await service.migration.wait()
+    await service.register({poll_id: ["A"]})
+    for _ in range(votes):
+        service.vote(poll_id, "A")
+    assert await service.flusher.flush()
+    return service
+
+
 def find_poll(prefix: str, owners: list[tuple[list[str], str]]) -> str:
     """A poll id whose owner under each ring (labels) is the one given."""
     rings = [(HashRing(labels, 100), owner) for labels, owner in owners]

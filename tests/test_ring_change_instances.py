@@ -11,7 +11,7 @@ import redis
 
 from app.services.errors import PollNotFound
 from tests.conftest import NodeFactory
-from tests.ring_helpers import Gate, definition, find_poll, make_service
+from tests.ring_helpers import Gate, definition, find_poll, make_service, serving_with_votes
 
 
 async def test_an_instance_whose_move_is_done_still_reads_whole_the_polls_another_one_staged(
@@ -84,13 +84,7 @@ async def test_one_instance_moving_alone_keeps_the_counts_exact(
     """Control for the test above: the same data, one instance, no interleaving."""
     nodes = {label: start_node() for label in "abc"}
     adhoc = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
-    old, _, _ = make_service(nodes, ["a", "b"])
-    await old.start()
-    assert old.migration is not None
-    await old.migration.wait()
-    await old.register({adhoc: ["A"]})
-    old.vote(adhoc, "A")
-    assert await old.flusher.flush()
+    old = await serving_with_votes(nodes, ["a", "b"], adhoc, 1)
     await old.stop()
     new, _, _ = make_service(nodes, ["a", "b", "c"])
     await new.start()
@@ -112,14 +106,7 @@ async def test_an_instance_killed_after_stage_while_another_finishes_leaves_the_
     `move:{P}`, and P's 3 votes were gone from every read.)"""
     nodes = {label: start_node() for label in "abc"}
     poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
-    old, _, _ = make_service(nodes, ["a", "b"])
-    await old.start()
-    assert old.migration is not None
-    await old.migration.wait()
-    await old.register({poll_id: ["A"]})
-    for _ in range(3):
-        old.vote(poll_id, "A")
-    assert await old.flusher.flush()
+    old = await serving_with_votes(nodes, ["a", "b"], poll_id, 3)
     await old.stop()
 
     a_service, _, a_mover = make_service(nodes, ["a", "b", "c"])

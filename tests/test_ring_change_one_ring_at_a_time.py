@@ -19,7 +19,7 @@ from app.storage.moves import RING_KEY, ring_config
 from app.storage.ring_lease import LEASES_KEY, SERVED_KEY, RingLease
 from tests.conftest import NodeFactory
 from tests.faults import abandon
-from tests.ring_helpers import counts_on, find_poll, make_service
+from tests.ring_helpers import counts_on, find_poll, make_service, serving_with_votes
 
 
 async def wait_for(condition: object, seconds: float = 30.0) -> None:
@@ -66,13 +66,7 @@ async def test_a_killed_instances_lease_ends_and_a_new_ring_then_starts(
 ) -> None:
     nodes = {label: start_node() for label in "abc"}
     poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
-    old, _, _ = make_service(nodes, ["a", "b"])
-    await old.start()
-    assert old.migration is not None
-    await old.migration.wait()
-    await old.register({poll_id: ["A"]})
-    old.vote(poll_id, "A")
-    assert await old.flusher.flush()
+    old = await serving_with_votes(nodes, ["a", "b"], poll_id, 1)
     await abandon(old)  # kill -9: its leases stay on the nodes until they run out
     with redis.Redis(port=nodes["a"].port) as client:
         assert client.hlen(LEASES_KEY) == 1
