@@ -458,3 +458,24 @@ async def test_a_defined_vote_whose_reply_was_cut_is_counted_once_and_the_retry_
             assert results["total_votes"] == 1 and results["options"][0]["count"] == 1
     finally:
         await proxy.stop()
+
+
+async def test_a_closed_poll_reopens_only_while_nobody_has_answered(
+    two_nodes: list[LocalNode],
+) -> None:
+    async with running_app(settings_for(two_nodes, api_token=TOKEN)) as (client, _):
+        assert (await create(client)).status_code == 201
+        await create(client, poll_id="answered")
+        assert (await client.post("/api/v1/polls/talk/close", headers=AUTH)).status_code == 200
+        assert await vote(client, "v1", "A") == 409  # closed
+        reopened = await client.post("/api/v1/polls/talk/reopen", headers=AUTH)
+        assert reopened.status_code == 200 and reopened.json()["state"] == "open"
+        assert await vote(client, "v1", "A") == 200  # counted once it is open again
+
+        assert await vote(client, "v2", "A", poll="answered") == 200
+        assert (await client.post("/api/v1/polls/answered/close", headers=AUTH)).status_code == 200
+        refused = await client.post("/api/v1/polls/answered/reopen", headers=AUTH)
+        assert (refused.status_code, refused.json()["type"]) == (409, "votes_exist")
+        results = (await client.get("/api/v1/polls/answered/results", headers=AUTH)).json()
+        assert results["state"] == "closed" and results["total_votes"] == 1  # unchanged
+        assert (await client.post("/api/v1/polls/talk/reopen")).status_code in (401, 403)

@@ -22,6 +22,7 @@ async def test_every_endpoint_is_documented_with_examples() -> None:
         ("/api/v1/polls/{poll_id}/vote", "post"),
         ("/api/v1/polls/{poll_id}/close", "post"),
         ("/api/v1/polls/{poll_id}/reveal", "post"),
+        ("/api/v1/polls/{poll_id}/reopen", "post"),
         ("/api/v1/polls/{poll_id}/results", "get"),
         ("/api/v1/polls/{poll_id}/results.csv", "get"),
         ("/api/v1/polls/{poll_id}/history", "get"),

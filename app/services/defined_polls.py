@@ -24,6 +24,7 @@ from app.services.errors import (
     PollClosed,
     PollExists,
     PollNotFound,
+    VotesExist,
 )
 from app.services.instruments import Rejections
 from app.services.node_batcher import NodeBatcher
@@ -227,6 +228,17 @@ class DefinedPolls:
         if self.on_change is not None:
             self.on_change(poll_id)  # its final point
         return record
+
+    async def reopen(self, poll_id: str) -> PollRecord:
+        """Open a closed poll again, only while nobody has answered it (checked on the node,
+        so a vote counted meanwhile on any instance refuses it); a closing time is cleared,
+        as it has passed or would close it again."""
+        refused = await self.redefine(poll_id, {"state": "open", "closes_at": ""}, ["state"])
+        if refused is not None:
+            raise VotesExist("the poll has answers: it cannot be reopened")
+        if self.on_change is not None:
+            self.on_change(poll_id)
+        return await self.load(poll_id)
 
     async def reveal(self, poll_id: str) -> PollRecord:
         return await self.set_state(poll_id, "revealed", "1")

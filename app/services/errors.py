@@ -86,6 +86,14 @@ class PollClosed(VoteRejected):
     kind = "poll_closed"
 
 
+class VotesExist(VoteRejected):
+    """The change needs a poll nobody has answered yet (reopening a closed one)."""
+
+    status = 409
+    retry_after = None
+    kind = "votes_exist"
+
+
 class AlreadyVoted(VoteRejected):
     """The voter has used every vote the poll allows; this one was not counted."""
 

@@ -218,7 +218,8 @@ async def _set_state(
     if refused:
         return to_response(refused)
     try:
-        record = await (polls.close(poll_id) if action == "close" else polls.reveal(poll_id))
+        act = {"close": polls.close, "reveal": polls.reveal, "reopen": polls.reopen}[action]
+        record = await act(poll_id)
     except VoteRejected as exc:
         return to_response(rejected_reply(exc))
     return to_response(json_reply(200, defined.describe(record)))
@@ -248,6 +249,25 @@ async def reveal_poll(
 ) -> Response:
     """Hidden results become visible to everyone."""
     return await _set_state("reveal", poll_id, request, polls, settings)
+
+
+@router.post(
+    "/{poll_id}/reopen",
+    summary="Open a closed poll again, while nobody has answered it (organiser)",
+    response_model=PollOut,
+    responses={
+        **ERRORS,
+        **ORGANISER,
+        409: {"model": Message, "description": "`votes_exist`: it has answers."},
+    },
+)
+async def reopen_poll(
+    poll_id: PollId, request: Request, polls: DefinedDep, settings: SettingsDep
+) -> Response:
+    """A question closed by mistake before anyone answered opens again (its closing time,
+    if any, is cleared). Once it has an answer it stays closed: 409 `votes_exist`, checked
+    on the node."""
+    return await _set_state("reopen", poll_id, request, polls, settings)
 
 
 @router.get(
