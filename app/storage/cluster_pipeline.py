@@ -201,6 +201,32 @@ class MasterPipelines:
                     relearn = True
         return todo, relearn, pause
 
+    def _add_waits(
+        self,
+        stack: list[PipelineCommand],
+        items: list[tuple[int, bool]],
+        commands: Sequence[tuple[Any, ...]],
+        promise: ServerPromise,
+    ) -> tuple[int | None, int]:
+        """Append the probe and the durability asks; their places in the stack.
+
+        WAIT covers this connection's writes only. A reply that wrote nothing (a voter
+        found, a key replayed) vouches for a write made on another connection, perhaps by
+        another instance: one small write of our own puts this WAIT behind everything the
+        master ran before it."""
+        waits = asks(promise, self.policy)
+        probe = None
+        key = probe_key(commands[items[0][0]]) if waits and items else None
+        if key is not None:
+            if items[0][1]:
+                stack.append(PipelineCommand(len(stack), "ASKING"))
+            probe = len(stack)
+            stack.append(PipelineCommand(len(stack), "SET", key, "1", "PX", PROBE_MS))
+        tail = len(stack)
+        for args in waits:
+            stack.append(PipelineCommand(len(stack), *args))
+        return probe, tail
+
     async def _send(
         self,
         node: ClusterNode,
@@ -226,21 +252,7 @@ class MasterPipelines:
             return dict.fromkeys(where, refused)
         probe = None
         if promise is not None:
-            waits = asks(promise, self.policy)
-            # WAIT covers this connection's writes only. A reply that wrote nothing (a
-            # voter found, a key replayed) vouches for a write made on another
-            # connection, perhaps by another instance: one small write of our own puts
-            # this WAIT behind everything the master ran before it.
-            first = next(iter(items), None)
-            key = probe_key(commands[first[0]]) if waits and first is not None else None
-            if key is not None:
-                if first is not None and first[1]:
-                    stack.append(PipelineCommand(len(stack), "ASKING"))
-                probe = len(stack)
-                stack.append(PipelineCommand(len(stack), "SET", key, "1", "PX", PROBE_MS))
-            tail = len(stack)
-            for args in waits:
-                stack.append(PipelineCommand(len(stack), *args))
+            probe, tail = self._add_waits(stack, items, commands, promise)
         await drop_closed_links(node)
         try:
             await node.execute_pipeline(stack)
