@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,8 +26,8 @@ import httpx
 import pytest
 
 from app.devtools.local_cluster import LocalCluster
-from app.devtools.local_nodes import LocalNode
-from tests.cluster_helpers import master, poll_on
+from app.devtools.local_nodes import LocalNode, free_port
+from tests.cluster_helpers import DEADLINE, master, poll_on
 from tests.conftest import running_app, settings_for
 from tests.failover_helpers import AUTH, TOKEN, create_defined
 
@@ -139,3 +140,52 @@ async def test_a_retry_on_the_same_instance_waits_for_the_same_vote(
     assert after.status_code == 409, after.text
     with master(node) as client_:
         assert client_.hget(f"def:{{{poll_id}}}", "total") == "1"
+
+
+@pytest.fixture
+def ring_node_with_replica() -> Iterator[tuple[LocalNode, LocalNode]]:
+    """A ring node and its replica (`REPLICAOF`), both stopped at the end."""
+    node, replica = LocalNode(free_port()), LocalNode(free_port())
+    try:
+        node.start()
+        replica.start()
+        with master(replica) as client:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(node.port))
+        with master(node) as client:
+            deadline = time.monotonic() + DEADLINE
+            while client.info("replication").get("slave0", {}).get("state") != "online":
+                assert time.monotonic() < deadline, "the replica never came online"
+                time.sleep(0.01)  # polling the replica's state with a deadline
+        yield node, replica
+    finally:
+        replica.stop()
+        node.stop()
+
+
+async def test_on_the_ring_already_voted_from_another_instance_waits_until_durable(
+    ring_node_with_replica: tuple[LocalNode, LocalNode],
+) -> None:
+    """The same rule on our own ring (`REDIS_NODES`): the second instance's 409 waits for
+    the vote it vouches for."""
+    node, replica = ring_node_with_replica
+    settings = settings_for(
+        [node],
+        cache_ttl_seconds=0,
+        api_token=TOKEN,
+        redis_timeout_seconds=1.0,
+        durable_wait_seconds=0.2,
+        voter_secret="s3cret",
+        shutdown_flush_seconds=0,
+    )
+    poll_id = "ringdv"
+    path = f"/api/v1/polls/{poll_id}/vote"
+    voter = {"X-Voter-Id": "retrier"}
+    async with running_app(settings) as (first, _), running_app(settings) as (second, _):
+        await create_defined(first, poll_id)
+        async with stopped(replica):
+            tried = await first.post(path, json={"option_id": "A"}, headers=voter)
+            retried = await second.post(path, json={"option_id": "A"}, headers=voter)
+            behind = replica_offset_behind(node)
+    assert (tried.status_code, tried.json()["type"]) == (503, "outcome_unknown"), tried.text
+    assert behind, "the replica had acknowledged the vote: the staging failed"
+    assert retried.status_code == 503, retried.text
