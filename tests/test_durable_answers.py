@@ -189,3 +189,32 @@ async def test_on_the_ring_already_voted_from_another_instance_waits_until_durab
     assert (tried.status_code, tried.json()["type"]) == (503, "outcome_unknown"), tried.text
     assert behind, "the replica had acknowledged the vote: the staging failed"
     assert retried.status_code == 503, retried.text
+
+
+async def test_a_master_that_turns_its_aof_off_keeps_serving_with_the_weaker_promise(
+    cluster: LocalCluster,
+) -> None:
+    """`CONFIG SET appendonly no` on a running master makes `WAITAOF` an error. The
+    service relearns what the master promises and serves on with the weaker promise (said
+    in /health), instead of holding every write on that master for ever."""
+    node = cluster.nodes[0]
+    poll_id = poll_on(cluster, node, "ao")
+    path = f"/api/v1/polls/{poll_id}/vote"
+    answers = []
+    async with running_app(app_settings(node)) as (client, _):
+        await create_defined(client, poll_id)
+        with master(node) as admin:
+            admin.config_set("appendonly", "no")
+        try:
+            for _ in range(3):  # the first may meet the old promise: one retry suffices
+                r = await client.post(path, json={"option_id": "A"}, headers={"X-Voter-Id": "a"})
+                answers.append(r.status_code)
+                if r.status_code in (200, 409):
+                    break
+            health = (await client.get("/api/v1/health")).json()
+        finally:
+            with master(node) as admin:
+                admin.config_set("appendonly", "yes")
+    assert answers[-1] in (200, 409), answers
+    weaker = health["durability"]["servers"][f"127.0.0.1:{node.port}"]["weaker"]
+    assert any("no AOF" in w for w in weaker), weaker
