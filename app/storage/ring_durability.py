@@ -36,7 +36,7 @@ class RingDurability:
 
     async def promise(self, node: str, client: Redis) -> ServerPromise:
         known = self.promises.get(node)
-        if known is None:
+        if known is None or not known.probed:  # new, or its last reply was an error
             known = promise_from_info(await client.info())
             self.promises[node] = known
             for why in weaker(known, self.policy):
