@@ -264,8 +264,12 @@ class MasterPipelines:
         replies = {i: stack[j].result for i, j in where.items()}
         if promise is not None:
             reason = judge([c.result for c in stack[tail:]], promise, self.policy)
-            if probe is not None and isinstance(stack[probe].result, Exception):
-                reason = f"durability not confirmed: the probe failed: {stack[probe].result}"
+            probed = stack[probe].result if probe is not None else None
+            # A probe redirected (its slot migrating) leaves this WAIT to cover this
+            # connection's own writes, as without a probe; any other failure: not durable.
+            redirected = isinstance(probed, MovedError | AskError | TryAgainError)
+            if isinstance(probed, Exception) and not redirected:
+                reason = f"durability not confirmed: the probe failed: {probed}"
             if reason is not None:
                 for i, reply in replies.items():
                     if not isinstance(reply, Exception):
