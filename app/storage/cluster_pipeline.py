@@ -45,6 +45,20 @@ MAX_ROUNDS = 16  # sends of one command through redirections before giving up (a
 PAUSE_SECONDS = 0.05  # before sending again after TRYAGAIN / CLUSTERDOWN
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 KEYLESS = {"WAIT", "WAITAOF", "ROLE", "INFO", "PING", "SCRIPT", "ASKING"}
+PROBE_MS = 1000  # how long a durability probe's key lives
+
+
+def probe_key(args: Sequence[Any]) -> str | None:
+    """A key in the same slot as the command's, for the write that lets WAIT cover what
+    other connections wrote before (None if no such key is found)."""
+    name = str(args[0]).upper()
+    key = args[3] if name in ("EVAL", "EVALSHA") else args[1]
+    text = key.decode() if isinstance(key, bytes) else str(key)
+    start = text.find("{")
+    end = text.find("}", start + 1) if start >= 0 else -1
+    tag = text[start + 1 : end] if end > start + 1 else text
+    probe = f"durable:{{{tag}}}"
+    return probe if key_slot(probe.encode()) == key_slot(text.encode()) else None
 
 
 class NotSent(RedisError):
@@ -187,6 +201,32 @@ class MasterPipelines:
                     relearn = True
         return todo, relearn, pause
 
+    def _add_waits(
+        self,
+        stack: list[PipelineCommand],
+        items: list[tuple[int, bool]],
+        commands: Sequence[tuple[Any, ...]],
+        promise: ServerPromise,
+    ) -> tuple[int | None, int]:
+        """Append the probe and the durability asks; their places in the stack.
+
+        WAIT covers this connection's writes only. A reply that wrote nothing (a voter
+        found, a key replayed) vouches for a write made on another connection, perhaps by
+        another instance: one small write of our own puts this WAIT behind everything the
+        master ran before it."""
+        waits = asks(promise, self.policy)
+        probe = None
+        key = probe_key(commands[items[0][0]]) if waits and items else None
+        if key is not None:
+            if items[0][1]:
+                stack.append(PipelineCommand(len(stack), "ASKING"))
+            probe = len(stack)
+            stack.append(PipelineCommand(len(stack), "SET", key, "1", "PX", PROBE_MS))
+        tail = len(stack)
+        for args in waits:
+            stack.append(PipelineCommand(len(stack), *args))
+        return probe, tail
+
     async def _send(
         self,
         node: ClusterNode,
@@ -210,9 +250,9 @@ class MasterPipelines:
         except (*LINK_ERRORS, RedisError, RedisClusterException) as exc:  # nothing sent yet
             refused = NotSent(f"{node.name}: {type(exc).__name__}: {exc}")
             return dict.fromkeys(where, refused)
+        probe = None
         if promise is not None:
-            for args in asks(promise, self.policy):
-                stack.append(PipelineCommand(len(stack), *args))
+            probe, tail = self._add_waits(stack, items, commands, promise)
         await drop_closed_links(node)
         try:
             await node.execute_pipeline(stack)
@@ -224,6 +264,12 @@ class MasterPipelines:
         replies = {i: stack[j].result for i, j in where.items()}
         if promise is not None:
             reason = judge([c.result for c in stack[tail:]], promise, self.policy)
+            probed = stack[probe].result if probe is not None else None
+            # A probe redirected (its slot migrating) leaves this WAIT to cover this
+            # connection's own writes, as without a probe; any other failure: not durable.
+            redirected = isinstance(probed, MovedError | AskError | TryAgainError)
+            if isinstance(probed, Exception) and not redirected:
+                reason = f"durability not confirmed: the probe failed: {probed}"
             if reason is not None:
                 for i, reply in replies.items():
                     if not isinstance(reply, Exception):

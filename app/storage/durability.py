@@ -68,7 +68,8 @@ def judge(replies: list[Any], promise: ServerPromise, policy: DurabilityPolicy) 
     if policy.wait_ms <= 0:
         return None
     for reply in replies:
-        if isinstance(reply, Exception):
+        if isinstance(reply, Exception):  # e.g. WAITAOF after `CONFIG SET appendonly no`
+            promise.probed = False  # ask the server again what it promises
             return f"durability not confirmed: {type(reply).__name__}: {reply}"
     role = replies[-1]
     if not role or role[0] != "master":

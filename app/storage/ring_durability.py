@@ -22,6 +22,7 @@ from app.storage.durability import (
 )
 
 logger = logging.getLogger("app.redis_store")
+PROBE = ("SET", "durable:probe", "1", "PX", 1000)  # a write of our own before each WAIT
 
 
 class NotDurable(RedisError):
@@ -35,7 +36,7 @@ class RingDurability:
 
     async def promise(self, node: str, client: Redis) -> ServerPromise:
         known = self.promises.get(node)
-        if known is None:
+        if known is None or not known.probed:  # new, or its last reply was an error
             known = promise_from_info(await client.info())
             self.promises[node] = known
             for why in weaker(known, self.policy):
@@ -53,11 +54,26 @@ class RingDurability:
         (raised, or in place of each reply that was not an error)."""
         promise = await self.promise(node, client)
         pipe = client.pipeline(transaction=False)
-        for args in [*commands, *asks(promise, self.policy)]:
+        waits = asks(promise, self.policy)
+        # WAIT covers this connection's writes only; a reply that wrote nothing (a voter
+        # found, a key replayed) vouches for another connection's write. Our own small
+        # write puts the WAIT behind everything the node ran before it.
+        probe = [PROBE] if waits else []
+        for args in [*commands, *probe, *waits]:
             pipe.execute_command(*args)
-        replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
-        mine, tail = replies[: len(commands)], replies[len(commands) :]
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        mine = replies[: len(commands)]
+        probed, tail = (
+            replies[len(commands) : len(commands) + len(probe)],
+            replies[len(mine) + len(probe) :],
+        )
+        if raise_on_error:
+            for reply in [*mine, *probed]:
+                if isinstance(reply, Exception):
+                    raise reply
         reason = judge(tail, promise, self.policy)
+        if reason is None and probed and isinstance(probed[0], Exception):
+            reason = f"durability not confirmed: the probe failed: {probed[0]}"
         if reason is None:
             return mine
         if raise_on_error:
