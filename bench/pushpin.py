@@ -31,13 +31,8 @@ from app.devtools.local_pushpin import LocalPushpin
 from app.devtools.uvicorn_process import UvicornProcess
 from bench import defined
 from bench.alone import Log, log, on_two_nodes
-from bench.fanout import (
-    ClientProcess,
-    cpu_seconds,
-    raise_open_files,
-    rss_kib,
-    wait_idle,
-)
+from bench.fanout import cpu_seconds, rss_kib, wait_idle
+from bench.fanout_client import ClientProcess, raise_open_files
 from bench.wrk import run_wrk
 
 POLL = "bench-pushpin"

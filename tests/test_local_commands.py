@@ -149,3 +149,14 @@ def test_make_rebalance_dry_run_and_the_dry_run_on_a_cluster(tmp_path: Path) -> 
             assert client.hgetall("poll:{p}") == {b"A": b"1"}
     finally:
         node.stop()
+
+
+def test_make_rebalance_help_starts_no_node(tmp_path: Path) -> None:
+    """`make rebalance ARGS=--help` prints the command's help and starts nothing."""
+    port = free_port()
+    env = {"REDIS_NODES": f"redis://127.0.0.1:{port}", "LOCAL_DATA_DIR": str(tmp_path)}
+    done = run(["make", "-s", "rebalance", "ARGS=--help"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--dry-run" in done.stdout
+    assert "listening" not in done.stdout
+    assert not (tmp_path / f"node-{port}").exists()

@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     started for the command (`app/rebalance.py`) alone, then stopped."""
     argv = sys.argv[1:] if argv is None else argv
     rebalance = argv[:1] == ["rebalance"]
+    if rebalance and {"-h", "--help"} & set(argv[1:]):
+        return rebalance_command.main(argv[1:])  # the help alone: no node started for it
     port = int(os.environ.get("PORT", "8000"))
     if not rebalance and port_in_use(port):
         raise SystemExit(
