@@ -210,6 +210,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("words", {"words": ["   "]}, "words"),
     ("words", {"words": ["Rust", "rust "]}, "words"),
     ("words", {"words": [7]}, "words"),
+    ("words", {"words": ["\u200b"]}, "words"),  # only a zero-width space: empty
+    ("words", {"words": ["\ufeff\u2060 \u200c"]}, "words"),  # only invisible characters
+    ("words", {"words": ["Rust", "ru\u200bst"]}, "words"),  # the same entry, invisibly apart
+    ("words", {"words": ["a\x00b"]}, "words"),  # a control character
+    ("words", {"words": ["\x07"]}, "words"),
     ("quiz", {"option_id": "Q"}, "option_id"),
     ("quiz", {"value": 1}, "option_id"),
 ]
@@ -268,6 +273,15 @@ async def test_bad_definitions_answer_422_naming_the_field_and_create_nothing(
             assert r.json()["detail"][0]["loc"][:2] == ["body", field], r.text
         found = (await client.get(f"/api/v1/events/{event['event_id']}")).json()
         assert found["polls"] == []
+
+
+def test_a_words_entry_is_counted_as_it_looks() -> None:
+    """Invisible (format) characters are removed before counting, so entries that look the
+    same count as one; the 40-character limit counts code points once normalised."""
+    assert normalise_word("Ru\u200bst\ufeff") == normalise_word(" rust ") == "rust"
+    assert normalise_word("\u2060go\u200d") == "go"
+    assert normalise_word("\u202eevil") == "evil"  # a right-to-left override is invisible
+    assert normalise_word("E\u0301" * 40) == "\u00e9" * 40  # composed: 40, not 80
 
 
 async def test_the_words_cap_refuses_new_entries_but_takes_known_ones(
