@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import redis
 
+from app.devtools.local_nodes import LocalNode
+from app.devtools.uvicorn_process import UvicornProcess
 from app.services.events import CODE_ALPHABET
 from app.storage.defined_moves import PARTS
 from tests.conftest import NodeFactory, running_app, settings_for
@@ -265,3 +267,62 @@ async def test_a_hidden_word_leaves_the_live_stream_at_once(start_node: NodeFact
         await screen.wait_until(lambda c: [w["text"] for w in c.last["words"]] == ["fine"])
         assert screen.last["total_votes"] == 2  # the count stays
         await screen.close()
+
+
+async def eventually(check: Any, seconds: float = 10.0) -> Any:
+    """Poll `check()` until it answers something true, or fail at the deadline."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        found = await check()
+        if found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_codes_stay_unique_under_racing_creates_and_the_current_poll_crosses_instances(
+    two_nodes: list[LocalNode],
+) -> None:
+    env = {
+        "REDIS_NODES": ",".join(n.url for n in two_nodes),
+        "API_TOKEN": TOKEN,
+        "VOTER_SECRET": "shared-secret",
+        "STREAM_INTERVAL_SECONDS": "0.1",
+    }
+    services = [UvicornProcess(env=env) for _ in range(2)]
+    try:
+        first, second = (service.wait_ready() for service in services)
+        async with (
+            httpx.AsyncClient(base_url=first.url, timeout=30) as one,
+            httpx.AsyncClient(base_url=second.url, timeout=30) as two,
+        ):
+            created = await asyncio.gather(
+                *(new_event(c, f"E{i}") for i in range(12) for c in (one, two))
+            )
+            codes = [e["code"] for e in created]
+            assert len(set(codes)) == len(codes), codes
+            for e in created[:4]:  # case-insensitive, from the other instance too
+                found = await two.get(f"/api/v1/events/by-code/{e['code'].lower()}")
+                assert found.json()["event_id"] == e["event_id"]
+            event_id = created[0]["event_id"]
+            p1 = await add(one, event_id, type="single", options=OPTIONS)
+            p2 = await add(one, event_id, type="rating", min=1, max=5)
+
+            async def current_on(client: httpx.AsyncClient, poll_id: str) -> bool:
+                state = (await client.get(f"/api/v1/events/{event_id}/state")).json()
+                return state["current"] is not None and state["current"]["poll_id"] == poll_id
+
+            assert await current(one, event_id, p1) == 200
+            assert await eventually(lambda: current_on(two, p1))
+            assert await current(two, event_id, p2) == 200
+            assert await eventually(lambda: current_on(one, p2))
+            # the phone's own record, read on the other instance after a reload
+            assert await vote(one, p2, "phone", {"value": 4}) == 200
+            mine = await two.get(f"/api/v1/polls/{p2}/my-vote", headers={"X-Voter-Id": "phone"})
+            assert mine.json()["voted"] is True and mine.json()["choice"] == {"value": 4}
+            gone = created[1]
+            assert (await two.delete(f"/api/v1/events/{gone['event_id']}", headers=AUTH)).is_success
+            freed = await one.get(f"/api/v1/events/by-code/{gone['code']}")
+            assert freed.status_code == 404
+    finally:
+        for service in services:
+            service.kill()
