@@ -353,3 +353,34 @@ async def test_a_type_field_changes_before_votes_but_not_after_on_any_instance(
         assert renamed.status_code == 200 and renamed.json()["question"] == "How sure?"
         results = (await two.get(f"/api/v1/polls/{poll_id}/results")).json()
         assert results["values"] == {"0": 0, "1": 0, "2": 0, "3": 1} and results["voters"] == 1
+
+
+async def test_the_words_cap_holds_under_a_race_of_new_entries(start_node: NodeFactory) -> None:
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        body = {"question": "?", "type": "words", "max_words": 1, "max_entries": 3}
+        poll_id = (await client.post("/api/v1/polls", json=body, headers=AUTH)).json()["poll_id"]
+        statuses = await asyncio.gather(
+            *(post_vote(client, poll_id, f"v{i}", {"words": [f"w{i}"]}) for i in range(12))
+        )
+        assert sorted(statuses) == [200] * 3 + [422] * 9
+        results = (await client.get(f"/api/v1/polls/{poll_id}/results")).json()
+        assert len(results["words"]) == 3 and results["voters"] == 3
+        assert results["total_votes"] == 3
+        # a refused voter used up nothing: a known entry is still taken from them
+        refused = [f"v{i}" for i, s in enumerate(statuses) if s == 422]
+        known = results["words"][0]["text"]
+        assert await post_vote(client, poll_id, refused[0], {"words": [known.upper()]}) == 200
+
+
+async def test_a_keyed_retry_of_words_counts_once_and_another_body_is_refused(
+    start_node: NodeFactory,
+) -> None:
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        ids = await create_polls(client)
+        words = ids["words"]
+        assert await post_vote(client, words, "k", {"words": ["Rust"]}, key="key-1") == 200
+        # the same entry as typed differently is the same vote: answered as counted
+        assert await post_vote(client, words, "k", {"words": [" RUST\u200b"]}, key="key-1") == 200
+        assert await post_vote(client, words, "k", {"words": ["go"]}, key="key-1") == 409
+        results = (await client.get(f"/api/v1/polls/{words}/results")).json()
+        assert results["words"] == [{"text": "rust", "count": 1}] and results["voters"] == 1
