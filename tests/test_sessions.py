@@ -191,6 +191,24 @@ async def test_the_export_and_the_history_of_a_poll_nobody_watched(
         assert exported["polls"][0]["final"] is True and exported["polls"][0]["history"]
 
 
+async def test_the_export_keeps_negative_rating_values_as_numbers(start_node: NodeFactory) -> None:
+    """A plain number is no formula: the CSV defence leaves -2 as -2, not '-2."""
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        event_id = (await new_event(client))["event_id"]
+        rating = await add(client, event_id, type="rating", min=-2, max=2)
+        labelled = await add(
+            client, event_id, type="single", options=[{"id": "A", "label": "-1+2"}, *OPTIONS[1:]]
+        )
+        assert await vote(client, rating, "a", {"value": -2}) == 200
+        text = (await client.get(f"/api/v1/events/{event_id}/export.csv", headers=AUTH)).text
+        rows = list(csv.DictReader(io.StringIO(text)))
+        values = [(r["key"], r["count"]) for r in rows if r["poll_id"] == rating]
+        assert values == [("-2", "1"), ("-1", "0"), ("0", "0"), ("1", "0"), ("2", "0")]
+        assert next(r["label"] for r in rows if r["poll_id"] == labelled) == "'-1+2"
+        own = (await client.get(f"/api/v1/polls/{rating}/results.csv")).text
+        assert list(csv.reader(io.StringIO(own)))[1] == ["-2", "-2", "1"]
+
+
 def owner_keys(port: int) -> set[str]:
     with redis.Redis(port=port, decode_responses=True) as client:
         return set(client.scan_iter("def:*"))
