@@ -384,3 +384,23 @@ async def test_a_keyed_retry_of_words_counts_once_and_another_body_is_refused(
         assert await post_vote(client, words, "k", {"words": ["go"]}, key="key-1") == 409
         results = (await client.get(f"/api/v1/polls/{words}/results")).json()
         assert results["words"] == [{"text": "rust", "count": 1}] and results["voters"] == 1
+
+
+async def test_a_hidden_entry_is_not_kept_by_a_revalidating_cache(start_node: NodeFactory) -> None:
+    """After a hide, the results' ETag changes: a browser or proxy that revalidates with
+    If-None-Match gets the new body, not a 304 that keeps showing the hidden entry."""
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        body = {"question": "?", "type": "words", "max_words": 2}
+        poll_id = (await client.post("/api/v1/polls", json=body, headers=AUTH)).json()["poll_id"]
+        assert await post_vote(client, poll_id, "a", {"words": ["secret", "ok"]}) == 200
+        before = await client.get(f"/api/v1/polls/{poll_id}/results")
+        assert "secret" in before.text
+        hidden = await client.post(
+            f"/api/v1/polls/{poll_id}/hide", json={"text": "secret"}, headers=AUTH
+        )
+        assert hidden.status_code == 200
+        again = await client.get(
+            f"/api/v1/polls/{poll_id}/results", headers={"If-None-Match": before.headers["etag"]}
+        )
+        assert again.status_code == 200 and "secret" not in again.text
+        assert again.headers["etag"] != before.headers["etag"]
