@@ -210,6 +210,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("words", {"words": ["   "]}, "words"),
     ("words", {"words": ["Rust", "rust "]}, "words"),
     ("words", {"words": [7]}, "words"),
+    ("words", {"words": ["\u200b"]}, "words"),  # only a zero-width space: empty
+    ("words", {"words": ["\ufeff\u2060 \u200c"]}, "words"),  # only invisible characters
+    ("words", {"words": ["Rust", "ru\u200bst"]}, "words"),  # the same entry, invisibly apart
+    ("words", {"words": ["a\x00b"]}, "words"),  # a control character
+    ("words", {"words": ["\x07"]}, "words"),
     ("quiz", {"option_id": "Q"}, "option_id"),
     ("quiz", {"value": 1}, "option_id"),
 ]
@@ -268,6 +273,15 @@ async def test_bad_definitions_answer_422_naming_the_field_and_create_nothing(
             assert r.json()["detail"][0]["loc"][:2] == ["body", field], r.text
         found = (await client.get(f"/api/v1/events/{event['event_id']}")).json()
         assert found["polls"] == []
+
+
+def test_a_words_entry_is_counted_as_it_looks() -> None:
+    """Invisible (format) characters are removed before counting, so entries that look the
+    same count as one; the 40-character limit counts code points once normalised."""
+    assert normalise_word("Ru\u200bst\ufeff") == normalise_word(" rust ") == "rust"
+    assert normalise_word("\u2060go\u200d") == "go"
+    assert normalise_word("\u202eevil") == "evil"  # a right-to-left override is invisible
+    assert normalise_word("E\u0301" * 40) == "\u00e9" * 40  # composed: 40, not 80
 
 
 async def test_the_words_cap_refuses_new_entries_but_takes_known_ones(
@@ -339,3 +353,54 @@ async def test_a_type_field_changes_before_votes_but_not_after_on_any_instance(
         assert renamed.status_code == 200 and renamed.json()["question"] == "How sure?"
         results = (await two.get(f"/api/v1/polls/{poll_id}/results")).json()
         assert results["values"] == {"0": 0, "1": 0, "2": 0, "3": 1} and results["voters"] == 1
+
+
+async def test_the_words_cap_holds_under_a_race_of_new_entries(start_node: NodeFactory) -> None:
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        body = {"question": "?", "type": "words", "max_words": 1, "max_entries": 3}
+        poll_id = (await client.post("/api/v1/polls", json=body, headers=AUTH)).json()["poll_id"]
+        statuses = await asyncio.gather(
+            *(post_vote(client, poll_id, f"v{i}", {"words": [f"w{i}"]}) for i in range(12))
+        )
+        assert sorted(statuses) == [200] * 3 + [422] * 9
+        results = (await client.get(f"/api/v1/polls/{poll_id}/results")).json()
+        assert len(results["words"]) == 3 and results["voters"] == 3
+        assert results["total_votes"] == 3
+        # a refused voter used up nothing: a known entry is still taken from them
+        refused = [f"v{i}" for i, s in enumerate(statuses) if s == 422]
+        known = results["words"][0]["text"]
+        assert await post_vote(client, poll_id, refused[0], {"words": [known.upper()]}) == 200
+
+
+async def test_a_keyed_retry_of_words_counts_once_and_another_body_is_refused(
+    start_node: NodeFactory,
+) -> None:
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        ids = await create_polls(client)
+        words = ids["words"]
+        assert await post_vote(client, words, "k", {"words": ["Rust"]}, key="key-1") == 200
+        # the same entry as typed differently is the same vote: answered as counted
+        assert await post_vote(client, words, "k", {"words": [" RUST\u200b"]}, key="key-1") == 200
+        assert await post_vote(client, words, "k", {"words": ["go"]}, key="key-1") == 409
+        results = (await client.get(f"/api/v1/polls/{words}/results")).json()
+        assert results["words"] == [{"text": "rust", "count": 1}] and results["voters"] == 1
+
+
+async def test_a_hidden_entry_is_not_kept_by_a_revalidating_cache(start_node: NodeFactory) -> None:
+    """After a hide, the results' ETag changes: a browser or proxy that revalidates with
+    If-None-Match gets the new body, not a 304 that keeps showing the hidden entry."""
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        body = {"question": "?", "type": "words", "max_words": 2}
+        poll_id = (await client.post("/api/v1/polls", json=body, headers=AUTH)).json()["poll_id"]
+        assert await post_vote(client, poll_id, "a", {"words": ["secret", "ok"]}) == 200
+        before = await client.get(f"/api/v1/polls/{poll_id}/results")
+        assert "secret" in before.text
+        hidden = await client.post(
+            f"/api/v1/polls/{poll_id}/hide", json={"text": "secret"}, headers=AUTH
+        )
+        assert hidden.status_code == 200
+        again = await client.get(
+            f"/api/v1/polls/{poll_id}/results", headers={"If-None-Match": before.headers["etag"]}
+        )
+        assert again.status_code == 200 and "secret" not in again.text
+        assert again.headers["etag"] != before.headers["etag"]

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import redis
 
+from app.devtools.local_nodes import LocalNode
+from app.devtools.uvicorn_process import UvicornProcess
 from app.services.events import CODE_ALPHABET
 from app.storage.defined_moves import PARTS
 from tests.conftest import NodeFactory, running_app, settings_for
@@ -189,6 +191,24 @@ async def test_the_export_and_the_history_of_a_poll_nobody_watched(
         assert exported["polls"][0]["final"] is True and exported["polls"][0]["history"]
 
 
+async def test_the_export_keeps_negative_rating_values_as_numbers(start_node: NodeFactory) -> None:
+    """A plain number is no formula: the CSV defence leaves -2 as -2, not '-2."""
+    async with running_app(settings_for([start_node()], api_token=TOKEN)) as (client, _):
+        event_id = (await new_event(client))["event_id"]
+        rating = await add(client, event_id, type="rating", min=-2, max=2)
+        labelled = await add(
+            client, event_id, type="single", options=[{"id": "A", "label": "-1+2"}, *OPTIONS[1:]]
+        )
+        assert await vote(client, rating, "a", {"value": -2}) == 200
+        text = (await client.get(f"/api/v1/events/{event_id}/export.csv", headers=AUTH)).text
+        rows = list(csv.DictReader(io.StringIO(text)))
+        values = [(r["key"], r["count"]) for r in rows if r["poll_id"] == rating]
+        assert values == [("-2", "1"), ("-1", "0"), ("0", "0"), ("1", "0"), ("2", "0")]
+        assert next(r["label"] for r in rows if r["poll_id"] == labelled) == "'-1+2"
+        own = (await client.get(f"/api/v1/polls/{rating}/results.csv")).text
+        assert list(csv.reader(io.StringIO(own)))[1] == ["-2", "-2", "1"]
+
+
 def owner_keys(port: int) -> set[str]:
     with redis.Redis(port=port, decode_responses=True) as client:
         return set(client.scan_iter("def:*"))
@@ -265,3 +285,62 @@ async def test_a_hidden_word_leaves_the_live_stream_at_once(start_node: NodeFact
         await screen.wait_until(lambda c: [w["text"] for w in c.last["words"]] == ["fine"])
         assert screen.last["total_votes"] == 2  # the count stays
         await screen.close()
+
+
+async def eventually(check: Any, seconds: float = 10.0) -> Any:
+    """Poll `check()` until it answers something true, or fail at the deadline."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        found = await check()
+        if found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_codes_stay_unique_under_racing_creates_and_the_current_poll_crosses_instances(
+    two_nodes: list[LocalNode],
+) -> None:
+    env = {
+        "REDIS_NODES": ",".join(n.url for n in two_nodes),
+        "API_TOKEN": TOKEN,
+        "VOTER_SECRET": "shared-secret",
+        "STREAM_INTERVAL_SECONDS": "0.1",
+    }
+    services = [UvicornProcess(env=env) for _ in range(2)]
+    try:
+        first, second = (service.wait_ready() for service in services)
+        async with (
+            httpx.AsyncClient(base_url=first.url, timeout=30) as one,
+            httpx.AsyncClient(base_url=second.url, timeout=30) as two,
+        ):
+            created = await asyncio.gather(
+                *(new_event(c, f"E{i}") for i in range(12) for c in (one, two))
+            )
+            codes = [e["code"] for e in created]
+            assert len(set(codes)) == len(codes), codes
+            for e in created[:4]:  # case-insensitive, from the other instance too
+                found = await two.get(f"/api/v1/events/by-code/{e['code'].lower()}")
+                assert found.json()["event_id"] == e["event_id"]
+            event_id = created[0]["event_id"]
+            p1 = await add(one, event_id, type="single", options=OPTIONS)
+            p2 = await add(one, event_id, type="rating", min=1, max=5)
+
+            async def current_on(client: httpx.AsyncClient, poll_id: str) -> bool:
+                state = (await client.get(f"/api/v1/events/{event_id}/state")).json()
+                return state["current"] is not None and state["current"]["poll_id"] == poll_id
+
+            assert await current(one, event_id, p1) == 200
+            assert await eventually(lambda: current_on(two, p1))
+            assert await current(two, event_id, p2) == 200
+            assert await eventually(lambda: current_on(one, p2))
+            # the phone's own record, read on the other instance after a reload
+            assert await vote(one, p2, "phone", {"value": 4}) == 200
+            mine = await two.get(f"/api/v1/polls/{p2}/my-vote", headers={"X-Voter-Id": "phone"})
+            assert mine.json()["voted"] is True and mine.json()["choice"] == {"value": 4}
+            gone = created[1]
+            assert (await two.delete(f"/api/v1/events/{gone['event_id']}", headers=AUTH)).is_success
+            freed = await one.get(f"/api/v1/events/by-code/{gone['code']}")
+            assert freed.status_code == 404
+    finally:
+        for service in services:
+            service.kill()

@@ -109,5 +109,8 @@ async def defined_results(
     if state.snapshot.hidden and not organiser:
         return no_store(rejected_reply(HIDDEN))
     cache_control = PRIVATE if state.snapshot.hidden else public(max_age)
-    etag = b'W/"%d"' % state.version
+    # the version, and a digest of the body: a hidden words entry changes the body, not
+    # the version (the counts stay), and a revalidating cache must not keep showing it
+    digest = hashlib.blake2b(state.snapshot.body, digest_size=6).hexdigest().encode()
+    etag = b'W/"%d.%s"' % (state.version, digest)
     return with_validators((200, state.snapshot.body, []), etag, cache_control, if_none_match)

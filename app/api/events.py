@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from app.api import defined
@@ -13,10 +14,17 @@ from app.services.question_types import allowance, vote_body
 from app.storage.defined import PollRecord
 from app.storage.events import EventRecord
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"-?[0-9]+")
+
 
 def cell(text: str) -> str:
-    """A text cell that a spreadsheet shows as text (no formula: CSV injection)."""
-    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+    """A text cell that a spreadsheet shows as text: one that would start a formula gets a
+    leading apostrophe (the usual defence against CSV injection); a plain integer such as a
+    rating value of -2 is no formula and stays a number."""
+    if text.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def poll_summary(record: PollRecord) -> dict[str, Any]:

@@ -7,7 +7,8 @@ and what the voter's own record says.
 - multiple: `{"option_ids": ["A", "C"]}`: 1..max_choices distinct known options.
 - rating: `{"value": 4}`: an integer from `scale_min` to `scale_max`.
 - words: `{"words": ["Rust", "go"]}`: 1..max_words entries of 1..40 characters after
-  normalising (NFKC, case-folded, spaces collapsed), distinct after normalising.
+  normalising (NFKC, case-folded, invisible Cf characters removed, spaces collapsed;
+  40 code points), distinct after normalising; a control character (Cc) is refused.
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ def _bad(field: str, message: str, kind: str) -> InvalidVote:
 
 
 def normalise_word(text: str) -> str:
-    """NFKC, case-folded, surrounding and repeated white space removed."""
+    """NFKC, case-folded, invisible format characters (zero-width spaces and joiners, BOM,
+    bidi overrides: Unicode category Cf) removed, surrounding and repeated white space
+    removed; entries that look the same count as one."""
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    return " ".join(folded.split())
+    visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split())
+
+
+def _has_control(entry: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in entry)
 
 
 def vote_payload(d: PollDefinition, data: dict[str, Any]) -> str:
@@ -114,6 +122,9 @@ def _words(d: PollDefinition, value: Any) -> str:
         entry = normalise_word(word)
         if not entry:
             raise _bad("words", "an entry of words is empty", "string_too_short")
+        if _has_control(entry):
+            message = "an entry of words must not hold a control character"
+            raise _bad("words", message, "control_character")
         if len(entry) > MAX_WORD_CHARS:
             message = f"each entry of words is at most {MAX_WORD_CHARS} characters"
             raise _bad("words", message, "string_too_long")

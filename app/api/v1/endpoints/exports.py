@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api import defined
 from app.api.deps import DefinedDep, SettingsDep
-from app.api.events import poll_rows
+from app.api.events import cell, poll_rows
 from app.api.handlers import json_reply, rejected_reply
 from app.api.responses import ERRORS, to_response
 from app.api.v1.endpoints.polls import visible_record
@@ -27,15 +27,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": Message, "description": "Hidden until revealed (token sees them)."},
     404: {"model": Message, "description": "No such poll."},
 }
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def cell(text: str) -> str:
-    """A text cell that a spreadsheet shows as text: one that would start a formula gets a
-    leading apostrophe (the usual defence against CSV injection)."""
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def results_csv(record: PollRecord) -> str:
