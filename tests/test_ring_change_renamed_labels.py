@@ -2,7 +2,7 @@
 keeps its polls under a new label. While the background scan is held, a first touch of a
 poll that now belongs to the new node finds it on the old server under its new label: a
 defined poll reads and takes votes (no 404), an ad-hoc poll reads its counts, and a keyed
-request retried counts once (docs/ring_change_renamed_labels.md)."""
+request retried counts once (docs/ring-change-renamed-labels.md)."""
 
 from __future__ import annotations
 
@@ -64,4 +64,3 @@ async def test_polls_of_a_renamed_node_are_found_on_first_touch(start_node: Node
     finally:
         scan.go.set()
         await new.stop()
-
