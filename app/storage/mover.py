@@ -149,6 +149,7 @@ class Mover:
         # The ring every poll was on before this change, when that is known for sure (see
         # `narrow`): first touches then look at a poll's owner under it only.
         self.previous: HashRing | None = None
+        self._previous_labels: dict[str, str] = {}  # its labels -> this start's, by server
         self._scripts: dict[str, AsyncScript] = {}
 
     def _eval(self, pipe: Any, source: str, numkeys: int, *keys_and_args: Any) -> None:
@@ -258,17 +259,30 @@ class Mover:
         """The polls were all on this recorded ring (`ring_config`'s JSON): a first touch
         looks for a poll on its owner under it only, not on every node. Only for a ring
         recorded alike on every node that has one, with no cut-off move (`ring:moving`) and
-        no recovered batch sent elsewhere: the caller checks."""
+        no recovered batch sent elsewhere: the caller checks. The old ring places polls by
+        its own labels; each is mapped to this start's label of the same server (one node
+        `redis` becomes `redis_<port>` when a second joins), so the lookup names a node
+        this start has."""
         config = json.loads(recorded)
         self.previous = HashRing(sorted(config["nodes"]), int(config["virtual_nodes"]))
+        specs = [*self.manager.specs.items(), *self.manager.retiring.items()]
+        labels = {server_identity(spec.safe_url): label for label, spec in specs}
+        self._previous_labels = {
+            old: labels[server_identity(str(url))]
+            for old, url in dict(config["nodes"]).items()
+            if server_identity(str(url)) in labels
+        }
 
     def holders(self, name: str) -> list[str]:
         """The nodes other than its owner where a poll's (or claim's) keys may be."""
         owner = self.manager.node_for(name)
+        everywhere = [s for s in self.sources if s != owner]
         if self.previous is None:
-            return [s for s in self.sources if s != owner]
-        old = self.previous.get_node(name)
-        return [old] if old != owner and old in self.sources else []
+            return everywhere
+        old = self._previous_labels.get(self.previous.get_node(name))
+        if old is None:  # a server this start lacks (start-up refuses that): look everywhere
+            return everywhere
+        return [old] if old != owner else []
 
     async def move_everywhere(self, polls: list[str]) -> int:
         """Make these polls whole on their owners: finish moves staged on the owners
