@@ -31,8 +31,10 @@ def config_text(shipped: str, folder: Path, ports: dict[str, int], grip_key: str
 
 
 def routes_text(shipped: str, upstreams: list[str]) -> str:
-    """The shipped routes with the service's address replaced by `upstreams`."""
-    return shipped.replace("app:8000", ",".join(upstreams))
+    """The shipped routes with the service's address replaced by `upstreams`, in order of
+    preference. Pushpin's targets are separated by spaces: a comma starts a target's options,
+    so `a,b` would silently route everything (next-link requests too) to `a` alone."""
+    return re.sub(r"(?m)^\* app:8000$", "* " + " ".join(upstreams), shipped)
 
 
 class LocalPushpin:
