@@ -4,6 +4,9 @@ take votes, and counts that an earlier split left on a non-owner are found and m
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 
 import httpx
@@ -183,3 +186,62 @@ def test_two_service_processes_started_at_once_with_different_rings_one_refuses(
     finally:
         for process in processes:
             process.kill()
+
+
+def wait_until(condition: object, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def health(process: UvicornProcess) -> dict[str, object]:
+    reply: dict[str, object] = httpx.get(f"{process.url}/api/v1/health", timeout=10).json()
+    return reply
+
+
+def test_an_instance_stalled_past_its_lease_loses_no_acknowledged_vote(
+    start_node: NodeFactory, tmp_path: object
+) -> None:
+    """A real process whose event loop stalls (SIGSTOP) for longer than its lease, while
+    an instance with another ring starts and moves the polls; then SIGCONT. What it had
+    acknowledged must still be counted, on the owner the serving ring reads, once it has
+    been stopped and restarted with the ring the others run (the operator's way out)."""
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+
+    def ring(labels: str) -> str:
+        return ",".join(f"{label}={nodes[label].url}" for label in labels)
+
+    journal = str(tmp_path / "journal")  # type: ignore[operator]
+    env = {"RING_LEASE_SECONDS": "1", "CACHE_TTL_SECONDS": "0", "JOURNAL_DIR": journal}
+    old = UvicornProcess(env={**env, "REDIS_NODES": ring("ab"), "BATCH_INTERVAL_SECONDS": "2"})
+    new: UvicornProcess | None = None
+    again: UvicornProcess | None = None
+    try:
+        old.wait_ready()
+        wait_until(lambda: health(old)["rebalance"]["state"] == "done")  # type: ignore[index]
+        for _ in range(40):
+            reply = httpx.post(f"{old.url}/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert reply.status_code == 200
+        os.kill(old.process.pid, signal.SIGSTOP)  # its votes are held, its lease runs out
+        new_env = {**env, "JOURNAL_DIR": str(tmp_path / "new")}  # type: ignore[operator]
+        new = UvicornProcess(env={**new_env, "REDIS_NODES": ring("abc")})
+        new.wait_ready()
+        wait_until(lambda: health(new)["rebalance"]["state"] == "done")  # type: ignore[index]
+        os.kill(old.process.pid, signal.SIGCONT)
+        wait_until(lambda: "ring_lost" in health(old))
+        old.terminate()
+        # Restarted on its journal with the ring the others run, as the log tells.
+        again = UvicornProcess(env={**env, "REDIS_NODES": ring("abc")})
+        again.wait_ready()
+        wait_until(lambda: health(again)["rebalance"]["state"] in ("done", "none"))  # type: ignore[index]
+        wait_until(lambda: health(again)["buffer"]["in_flight_votes"] == 0)  # type: ignore[index]
+        results = httpx.get(f"{new.url}/api/v1/results/{poll_id}").json()["results"]
+        assert results == {"A": 40}, (results, counts_on(nodes["a"], poll_id))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.process.pid, signal.SIGCONT)
+        for process in (old, new, again):
+            if process is not None:
+                process.kill()
