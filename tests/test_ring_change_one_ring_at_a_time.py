@@ -4,6 +4,7 @@ take votes, and counts that an earlier split left on a non-owner are found and m
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -243,5 +244,60 @@ def test_an_instance_stalled_past_its_lease_loses_no_acknowledged_vote(
         with contextlib.suppress(ProcessLookupError):
             os.kill(old.process.pid, signal.SIGCONT)
         for process in (old, new, again):
+            if process is not None:
+                process.kill()
+
+
+def test_a_voter_sent_to_a_stalled_instance_is_never_counted_twice(
+    start_node: NodeFactory, tmp_path: object
+) -> None:
+    """Defined votes sent to an instance while it is stalled (SIGSTOP) past its lease are
+    answered once it wakes, after an instance with another ring took the nodes and moved
+    the poll. Each is answered 200 (counted: a vote again through the serving instance is
+    refused, 409) or 503, never 404 (the poll exists); nothing not answered 200 counts."""
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("t", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+
+    def ring(labels: str) -> str:
+        return ",".join(f"{label}={nodes[label].url}" for label in labels)
+
+    auth = {"Authorization": "Bearer organiser"}
+    env = {"RING_LEASE_SECONDS": "1", "CACHE_TTL_SECONDS": "0", "API_TOKEN": "organiser"}
+    old = UvicornProcess(env={**env, "REDIS_NODES": ring("ab")})
+    new: UvicornProcess | None = None
+    try:
+        old.wait_ready()
+        options = [{"id": "A", "label": "a"}, {"id": "B", "label": "b"}]
+        poll = {"poll_id": poll_id, "question": "Q?", "options": options}
+        assert httpx.post(f"{old.url}/api/v1/polls", json=poll, headers=auth).status_code == 201
+        os.kill(old.process.pid, signal.SIGSTOP)
+
+        def vote(url: str, who: str) -> int:
+            reply = httpx.post(
+                f"{url}/api/v1/polls/{poll_id}/vote",
+                json={"option_id": "A"},
+                headers={"X-Voter-Id": who},
+                timeout=60,
+            )
+            return reply.status_code
+
+        voters = [f"v{i}" for i in range(20)]
+        with concurrent.futures.ThreadPoolExecutor(len(voters)) as pool:
+            stalled = [pool.submit(vote, old.url, who) for who in voters]  # wait in its socket
+            new = UvicornProcess(env={**env, "REDIS_NODES": ring("abc")})
+            new.wait_ready()
+            wait_until(lambda: health(new)["rebalance"]["state"] == "done")  # type: ignore[index]
+            os.kill(old.process.pid, signal.SIGCONT)
+            answers = dict(zip(voters, (f.result() for f in stalled), strict=True))
+        counted = [who for who, status in answers.items() if status == 200]
+        assert set(answers.values()) <= {200, 503}, answers  # the poll exists: never a 404
+        again = {who: vote(new.url, who) for who in counted}
+        assert all(status == 409 for status in again.values()), (answers, again)
+        results = httpx.get(f"{new.url}/api/v1/polls/{poll_id}/results").json()
+        assert results["total_votes"] == len(counted), (answers, results)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.process.pid, signal.SIGCONT)
+        for process in (old, new):
             if process is not None:
                 process.kill()
