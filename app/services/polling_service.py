@@ -151,7 +151,13 @@ class PollingService:
 
     async def whole(self, poll_id: str) -> None:
         """While polls move after a ring change: make this one whole on its owner before
-        its stored state is used (nothing otherwise). Raises NodeUnavailable."""
+        its stored state is used (nothing otherwise). Raises NodeUnavailable, also when
+        another ring now holds this instance's nodes (its owner here may be stale)."""
+        if self.lease is not None and self.lease.valid_until and not await self.lease.confirm():
+            node = self.store.node_for(poll_id)
+            url = self.mover.manager.specs[node].safe_url if self.mover else node
+            reason = f"this instance no longer serves the ring ({self.ring_lost})"
+            raise NodeUnavailable(node, url, reason, maybe_applied=False)
         if self.migration is not None and self.migration.active:
             await self.migration.ensure(poll_id)
 
