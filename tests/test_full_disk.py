@@ -108,3 +108,48 @@ def test_a_full_journal_disk_refuses_new_votes_and_still_drains_the_held_ones(
         assert time.monotonic() < deadline, "votes after the drain did not land"
         time.sleep(0.2)
     assert total(node) == acknowledged + POLLS
+
+
+def test_a_full_disk_with_one_node_down_still_drains_every_node(
+    small_disk: Path,
+    start_node: Callable[..., LocalNode],
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """Two nodes, one down while the disk fills with votes for both (the other one up and
+    taking its batches): once the down node is back, every acknowledged vote lands on its
+    owner, exactly once."""
+    nodes = [start_node(persist=True), start_node(persist=True)]
+    env = {
+        "REDIS_NODES": ",".join(f"n{i}={n.url}" for i, n in enumerate(nodes)),
+        "JOURNAL_DIR": str(small_disk),
+        "BATCH_INTERVAL_SECONDS": "0.2",
+        "API_TOKEN": TOKEN,
+        "MAX_PENDING_PAIRS_PER_NODE": str(4 * POLLS),
+    }
+    service = start_service(env)
+    assert bulk(service).status_code == 200
+    acknowledged = 1
+    nodes[0].kill()
+    refused = None
+    for _ in range(400):
+        reply = bulk(service)
+        if reply.status_code == 200:
+            acknowledged += 1
+            continue
+        refused = reply
+        break
+    assert refused is not None and refused.status_code == 503, "the disk never filled"
+    assert acknowledged > 10
+    nodes[0].start()
+
+    def landed() -> int:
+        return sum(total(n) for n in nodes)
+
+    deadline = time.monotonic() + 60
+    while landed() < acknowledged * POLLS:
+        assert time.monotonic() < deadline, (
+            f"held votes never drained: {landed()} of {acknowledged * POLLS} landed"
+        )
+        time.sleep(0.2)
+    assert landed() == acknowledged * POLLS
+    assert bulk(service).status_code == 200  # and the disk takes votes again
