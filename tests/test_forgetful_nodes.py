@@ -1,4 +1,4 @@
-"""Nodes that forget. Start-up refuses a node with neither an append-only file nor a replica
+"""Nodes that forget. Start-up refuses a node without an append-only file, replica or not
 (or, when told to accept it, says so in /health); a node whose marks fall below what this
 process confirmed is reported as having lost data, naming how many confirmed batches, and
 what the journal still holds of them is sent again."""
@@ -37,7 +37,7 @@ def test_start_refuses_a_node_without_aof_or_replica_in_one_line(
     finally:
         service.kill()
     assert service.process.returncode != 0
-    assert "neither an append-only file (appendonly no) nor a replica" in output
+    assert "it has no append-only file (appendonly no)" in output
 
 
 def test_a_node_with_aof_starts(start_node: Callable[..., LocalNode]) -> None:
