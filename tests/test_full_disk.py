@@ -153,3 +153,47 @@ def test_a_full_disk_with_one_node_down_still_drains_every_node(
         time.sleep(0.2)
     assert landed() == acknowledged * POLLS
     assert bulk(service).status_code == 200  # and the disk takes votes again
+
+
+def test_journal_max_bytes_bounds_the_votes_held_on_disk(
+    tmp_path: Path,
+    start_node: Callable[..., LocalNode],
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """JOURNAL_MAX_BYTES on a disk with room to spare: with the node down, votes are
+    refused (503 `journal_unavailable`) once the seals they need reach the cap, the folder
+    then holds about the cap (segments plus their reserve, and a sealed file), and once the
+    node is up every acknowledged vote lands."""
+    node = start_node(persist=True)
+    cap = 1 << 20
+    journal = tmp_path / "journal"
+    env = {
+        "REDIS_NODES": f"n={node.url}",
+        "JOURNAL_DIR": str(journal),
+        "JOURNAL_MAX_BYTES": str(cap),
+        "BATCH_INTERVAL_SECONDS": "0.2",
+        "API_TOKEN": TOKEN,
+        "MAX_PENDING_PAIRS_PER_NODE": str(4 * POLLS),
+    }
+    service = start_service(env)
+    assert bulk(service).status_code == 200
+    acknowledged = POLLS
+    node.kill()
+    refused = None
+    for _ in range(200):
+        reply = bulk(service)
+        if reply.status_code == 200:
+            acknowledged += POLLS
+            continue
+        refused = reply
+        break
+    assert refused is not None and refused.status_code == 503, "the cap never refused"
+    assert refused.json()["type"] == "journal_unavailable", refused.text
+    held = sum(f.stat().st_size for f in journal.rglob("*") if f.is_file())
+    assert held <= 3 * cap, f"{held} bytes on disk with JOURNAL_MAX_BYTES={cap}"
+    node.start()
+    deadline = time.monotonic() + 30
+    while total(node) < acknowledged:
+        assert time.monotonic() < deadline, f"{total(node)} of {acknowledged} landed"
+        time.sleep(0.2)
+    assert total(node) == acknowledged
