@@ -104,6 +104,7 @@ class RingLease:
     valid_until: float = 0.0
     lost: str | None = None  # why another ring holds a node of this one now
     _task: asyncio.Task[None] | None = None
+    _round: asyncio.Task[tuple[str, str, int] | None] | None = None  # one `confirm` at a time
 
     @property
     def digest(self) -> str:
@@ -172,7 +173,9 @@ class RingLease:
             return False
         if time.monotonic() < self.valid_until - self.seconds / 3:
             return True
-        refused = await self._acquire_all()
+        if self._round is None or self._round.done():  # callers waiting together share it
+            self._round = asyncio.create_task(self._acquire_all(), name="ring-lease-confirm")
+        refused = await asyncio.shield(self._round)
         if refused is not None:
             self._lose(refused)
         return self.lost is None
@@ -215,6 +218,9 @@ class RingLease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._round is not None and not self._round.done():  # else it takes them again
+            with contextlib.suppress(Exception):
+                await self._round
         for node in self.nodes:
             with contextlib.suppress(NodeUnavailable):
                 await self.call(node, self.manager.client(node).hdel(LEASES_KEY, self.instance))
