@@ -1,6 +1,7 @@
 """Stages 1-4 behind one object: votes go to a per-node buffer, reads merge store + in-flight
 + pending. Stage by configuration: write-through when the batch interval is 0, no cache when
-the cache TTL is 0, the in-memory store when no nodes are set."""
+the cache TTL is 0, the in-memory store when no nodes are set. Long because it is the one
+object the API calls; start-up has left it (`startup.py`), and more can."""
 
 from __future__ import annotations
 
@@ -138,7 +139,6 @@ class PollingService:
         await startup.run()
         self.flusher.start()
         if self.lease is not None:
-            self.flusher.fence = self.lease.confirm  # a stalled instance writes nothing stale
             self.lease.start()
         self.accepting = True
 
@@ -153,11 +153,8 @@ class PollingService:
         """While polls move after a ring change: make this one whole on its owner before
         its stored state is used (nothing otherwise). Raises NodeUnavailable, also when
         another ring now holds this instance's nodes (its owner here may be stale)."""
-        if self.lease is not None and self.lease.valid_until and not await self.lease.confirm():
-            node = self.store.node_for(poll_id)
-            url = self.mover.manager.specs[node].safe_url if self.mover else node
-            reason = f"this instance no longer serves the ring ({self.ring_lost})"
-            raise NodeUnavailable(node, url, reason, maybe_applied=False)
+        if self.lease is not None:
+            await self.lease.ensure(self.store.node_for(poll_id))
         if self.migration is not None and self.migration.active:
             await self.migration.ensure(poll_id)
 
