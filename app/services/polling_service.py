@@ -151,10 +151,7 @@ class PollingService:
 
     async def whole(self, poll_id: str) -> None:
         """While polls move after a ring change: make this one whole on its owner before
-        its stored state is used (nothing otherwise). Raises NodeUnavailable, also when
-        another ring now holds this instance's nodes (its owner here may be stale)."""
-        if self.lease is not None:
-            await self.lease.ensure(self.store.node_for(poll_id))
+        its stored state is used (nothing otherwise). Raises NodeUnavailable."""
         if self.migration is not None and self.migration.active:
             await self.migration.ensure(poll_id)
 

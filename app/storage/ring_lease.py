@@ -180,15 +180,6 @@ class RingLease:
             self._lose(refused)
         return self.lost is None
 
-    async def ensure(self, node: str) -> None:
-        """Before a poll's stored state is used: raises NodeUnavailable (nothing sent) when
-        another ring holds this instance's nodes now (its owner here may be stale)."""
-        if self.valid_until and not await self.confirm():
-            specs = {**self.manager.specs, **self.manager.retiring}
-            url = specs[node].safe_url if node in specs else node
-            reason = f"this instance no longer serves the ring ({self.lost})"
-            raise NodeUnavailable(node, url, reason, maybe_applied=False)
-
     def _lose(self, refused: tuple[str, str, int]) -> None:
         if self.lost is None:
             node, other, _ = refused
