@@ -1,4 +1,4 @@
-"""Nodes that forget. Start-up refuses a node with neither an append-only file nor a replica
+"""Nodes that forget. Start-up refuses a node without an append-only file, replica or not
 (or, when told to accept it, says so in /health); a node whose marks fall below what this
 process confirmed is reported as having lost data, naming how many confirmed batches, and
 what the journal still holds of them is sent again."""
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from app.core.nodes import NodeSpec
 from app.devtools.local_nodes import LocalNode
@@ -36,7 +37,7 @@ def test_start_refuses_a_node_without_aof_or_replica_in_one_line(
     finally:
         service.kill()
     assert service.process.returncode != 0
-    assert "neither an append-only file (appendonly no) nor a replica" in output
+    assert "it has no append-only file (appendonly no)" in output
 
 
 def test_a_node_with_aof_starts(start_node: Callable[..., LocalNode]) -> None:
@@ -147,3 +148,36 @@ async def test_what_the_journal_still_holds_is_sent_again(
             assert stored_counts(other, q) == {"A": 3}
         finally:
             await second.stop()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+async def test_a_replica_alone_does_not_keep_a_nodes_counts_through_its_restart(
+    start_node: Callable[..., LocalNode],
+) -> None:
+    """The ring store has no failover: nobody promotes a ring node's replica. So a node
+    without an append-only file that restarts comes back empty, and its replica then copies
+    the empty data set. First that, on real nodes; then the check must refuse such a node
+    as it refuses one with no replica."""
+    master, replica = start_node(forgetful=True), start_node(forgetful=True)
+    with redis.Redis(port=replica.port) as client:
+        client.replicaof("127.0.0.1", master.port)
+    with redis.Redis(port=master.port) as client:
+        client.hset("poll:{p}", "A", 5)
+        wait_until(lambda: int(client.info("replication")["connected_slaves"]) == 1)
+    with redis.Redis(port=replica.port) as client:
+        wait_until(lambda: client.hget("poll:{p}", "A") == b"5")  # on both
+        master.kill()
+        master.start()  # restarted by its supervisor, as a crashed process is: empty
+        wait_until(lambda: client.hget("poll:{p}", "A") is None)  # the replica resyncs to it
+    store = ShardedRedisStore([NodeSpec("n", master.url)], 100, 2.0)
+    try:
+        with pytest.raises(NodeMisconfigured, match="appendonly no"):
+            await store.check_node("n")
+    finally:
+        await store.close()

@@ -108,3 +108,92 @@ def test_a_full_journal_disk_refuses_new_votes_and_still_drains_the_held_ones(
         assert time.monotonic() < deadline, "votes after the drain did not land"
         time.sleep(0.2)
     assert total(node) == acknowledged + POLLS
+
+
+def test_a_full_disk_with_one_node_down_still_drains_every_node(
+    small_disk: Path,
+    start_node: Callable[..., LocalNode],
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """Two nodes, one down while the disk fills with votes for both (the other one up and
+    taking its batches): once the down node is back, every acknowledged vote lands on its
+    owner, exactly once."""
+    nodes = [start_node(persist=True), start_node(persist=True)]
+    env = {
+        "REDIS_NODES": ",".join(f"n{i}={n.url}" for i, n in enumerate(nodes)),
+        "JOURNAL_DIR": str(small_disk),
+        "BATCH_INTERVAL_SECONDS": "0.2",
+        "API_TOKEN": TOKEN,
+        "MAX_PENDING_PAIRS_PER_NODE": str(4 * POLLS),
+    }
+    service = start_service(env)
+    assert bulk(service).status_code == 200
+    acknowledged = 1
+    nodes[0].kill()
+    refused = None
+    for _ in range(400):
+        reply = bulk(service)
+        if reply.status_code == 200:
+            acknowledged += 1
+            continue
+        refused = reply
+        break
+    assert refused is not None and refused.status_code == 503, "the disk never filled"
+    assert acknowledged > 10
+    nodes[0].start()
+
+    def landed() -> int:
+        return sum(total(n) for n in nodes)
+
+    deadline = time.monotonic() + 60
+    while landed() < acknowledged * POLLS:
+        assert time.monotonic() < deadline, (
+            f"held votes never drained: {landed()} of {acknowledged * POLLS} landed"
+        )
+        time.sleep(0.2)
+    assert landed() == acknowledged * POLLS
+    assert bulk(service).status_code == 200  # and the disk takes votes again
+
+
+def test_journal_max_bytes_bounds_the_votes_held_on_disk(
+    tmp_path: Path,
+    start_node: Callable[..., LocalNode],
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """JOURNAL_MAX_BYTES on a disk with room to spare: with the node down, votes are
+    refused (503 `journal_unavailable`) once the seals they need reach the cap, the folder
+    then holds about the cap (segments plus their reserve, and a sealed file), and once the
+    node is up every acknowledged vote lands."""
+    node = start_node(persist=True)
+    cap = 1 << 20
+    journal = tmp_path / "journal"
+    env = {
+        "REDIS_NODES": f"n={node.url}",
+        "JOURNAL_DIR": str(journal),
+        "JOURNAL_MAX_BYTES": str(cap),
+        "BATCH_INTERVAL_SECONDS": "0.2",
+        "API_TOKEN": TOKEN,
+        "MAX_PENDING_PAIRS_PER_NODE": str(4 * POLLS),
+    }
+    service = start_service(env)
+    assert bulk(service).status_code == 200
+    acknowledged = POLLS
+    node.kill()
+    refused = None
+    for _ in range(200):
+        reply = bulk(service)
+        if reply.status_code == 200:
+            acknowledged += POLLS
+            continue
+        refused = reply
+        break
+    assert refused is not None and refused.status_code == 503, "the cap never refused"
+    assert refused.json()["type"] == "journal_unavailable", refused.text
+    held = sum(f.stat().st_size for f in journal.rglob("*") if f.is_file())
+    assert held <= 3 * cap, f"{held} bytes on disk with JOURNAL_MAX_BYTES={cap}"
+    node.start()
+    deadline = time.monotonic() + 30
+    while total(node) < acknowledged:
+        assert time.monotonic() < deadline, f"{total(node)} of {acknowledged} landed"
+        time.sleep(0.2)
+    assert total(node) == acknowledged

@@ -4,6 +4,10 @@ take votes, and counts that an earlier split left on a non-owner are found and m
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
 import time
 
 import httpx
@@ -177,3 +181,126 @@ def test_two_service_processes_started_at_once_with_different_rings_one_refuses(
     finally:
         for process in processes:
             process.kill()
+
+
+def wait_until(condition: object, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def health(process: UvicornProcess) -> dict[str, object]:
+    reply: dict[str, object] = httpx.get(f"{process.url}/api/v1/health", timeout=10).json()
+    return reply
+
+
+def test_an_instance_stalled_past_its_lease_loses_no_acknowledged_vote(
+    start_node: NodeFactory, tmp_path: object
+) -> None:
+    """A real process whose event loop stalls (SIGSTOP) for longer than its lease, while
+    an instance with another ring starts and moves the polls; then SIGCONT. What it had
+    acknowledged must still be counted, on the owner the serving ring reads, once it has
+    been stopped and restarted with the ring the others run (the operator's way out)."""
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("p", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+
+    def ring(labels: str) -> str:
+        return ",".join(f"{label}={nodes[label].url}" for label in labels)
+
+    journal = str(tmp_path / "journal")  # type: ignore[operator]
+    env = {"RING_LEASE_SECONDS": "1", "CACHE_TTL_SECONDS": "0", "JOURNAL_DIR": journal}
+    # No flush before its stop: a SIGSTOP in the middle of one (between its lease check and
+    # its write reaching the node) is the window that remains (docs/guarantees.md).
+    hold = {"BATCH_INTERVAL_SECONDS": "3600"}
+    old = UvicornProcess(env={**env, "REDIS_NODES": ring("ab"), **hold})
+    new: UvicornProcess | None = None
+    again: UvicornProcess | None = None
+    try:
+        old.wait_ready()
+        wait_until(lambda: health(old)["rebalance"]["state"] == "done")  # type: ignore[index]
+        for _ in range(40):
+            reply = httpx.post(f"{old.url}/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert reply.status_code == 200
+        os.kill(old.process.pid, signal.SIGSTOP)  # its votes are held, its lease runs out
+        new_env = {**env, "JOURNAL_DIR": str(tmp_path / "new")}  # type: ignore[operator]
+        new = UvicornProcess(env={**new_env, "REDIS_NODES": ring("abc")})
+        new.wait_ready()
+        wait_until(lambda: health(new)["rebalance"]["state"] == "done")  # type: ignore[index]
+        os.kill(old.process.pid, signal.SIGCONT)
+        wait_until(lambda: "ring_lost" in health(old))
+        old.terminate()
+        # Restarted on its journal with the ring the others run, as the log tells.
+        again = UvicornProcess(env={**env, "REDIS_NODES": ring("abc")})
+        again.wait_ready()
+        wait_until(lambda: health(again)["rebalance"]["state"] in ("done", "none"))  # type: ignore[index]
+        wait_until(lambda: health(again)["buffer"]["in_flight_votes"] == 0)  # type: ignore[index]
+        results = httpx.get(f"{new.url}/api/v1/results/{poll_id}").json()["results"]
+        assert results == {"A": 40}, (results, counts_on(nodes["a"], poll_id))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.process.pid, signal.SIGCONT)
+        for process in (old, new, again):
+            if process is not None:
+                process.kill()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defined votes are not fenced by the ring lease: checking it in "
+    "PollingService.whole (RingLease.ensure) fixed this test but hung "
+    "test_rebalance.py::test_the_moves_bookkeeping_keeps_a_bounded_sample_of_poll_ids",
+)
+def test_a_voter_sent_to_a_stalled_instance_is_never_counted_twice(
+    start_node: NodeFactory, tmp_path: object
+) -> None:
+    """Defined votes sent to an instance while it is stalled (SIGSTOP) past its lease are
+    answered once it wakes, after an instance with another ring took the nodes and moved
+    the poll. Each is answered 200 (counted: a vote again through the serving instance is
+    refused, 409) or 503, never 404 (the poll exists); nothing not answered 200 counts."""
+    nodes = {label: start_node() for label in "abc"}
+    poll_id = find_poll("t", [(["a", "b"], "a"), (["a", "b", "c"], "c")])
+
+    def ring(labels: str) -> str:
+        return ",".join(f"{label}={nodes[label].url}" for label in labels)
+
+    auth = {"Authorization": "Bearer organiser"}
+    env = {"RING_LEASE_SECONDS": "1", "CACHE_TTL_SECONDS": "0", "API_TOKEN": "organiser"}
+    old = UvicornProcess(env={**env, "REDIS_NODES": ring("ab")})
+    new: UvicornProcess | None = None
+    try:
+        old.wait_ready()
+        options = [{"id": "A", "label": "a"}, {"id": "B", "label": "b"}]
+        poll = {"poll_id": poll_id, "question": "Q?", "options": options}
+        assert httpx.post(f"{old.url}/api/v1/polls", json=poll, headers=auth).status_code == 201
+        os.kill(old.process.pid, signal.SIGSTOP)
+
+        def vote(url: str, who: str) -> int:
+            reply = httpx.post(
+                f"{url}/api/v1/polls/{poll_id}/vote",
+                json={"option_id": "A"},
+                headers={"X-Voter-Id": who},
+                timeout=60,
+            )
+            return reply.status_code
+
+        voters = [f"v{i}" for i in range(20)]
+        with concurrent.futures.ThreadPoolExecutor(len(voters)) as pool:
+            stalled = [pool.submit(vote, old.url, who) for who in voters]  # wait in its socket
+            new = UvicornProcess(env={**env, "REDIS_NODES": ring("abc")})
+            new.wait_ready()
+            wait_until(lambda: health(new)["rebalance"]["state"] == "done")  # type: ignore[index]
+            os.kill(old.process.pid, signal.SIGCONT)
+            answers = dict(zip(voters, (f.result() for f in stalled), strict=True))
+        counted = [who for who, status in answers.items() if status == 200]
+        assert set(answers.values()) <= {200, 503}, answers  # the poll exists: never a 404
+        again = {who: vote(new.url, who) for who in counted}
+        assert all(status == 409 for status in again.values()), (answers, again)
+        results = httpx.get(f"{new.url}/api/v1/polls/{poll_id}/results").json()
+        assert results["total_votes"] == len(counted), (answers, results)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.process.pid, signal.SIGCONT)
+        for process in (old, new):
+            if process is not None:
+                process.kill()

@@ -194,8 +194,8 @@ class Settings(BaseSettings):
     journal_fsync: Literal["always", "everysec", "off"] = "everysec"
     allow_nodes_without_persistence: bool = Field(
         False,
-        description="Accept (with a warning, and in /health) a node that has neither "
-        "appendonly yes nor a replica; by default start-up refuses it.",
+        description="Accept (with a warning, and in /health) a node without "
+        "appendonly yes (a replica does not count); by default start-up refuses it.",
     )
     journal_max_bytes: int = Field(
         64 << 20,

@@ -61,8 +61,8 @@ class LocalNode:
     def command(self) -> list[str]:
         args = [find_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--protected-mode", "no", "--loglevel", "warning"]
-        if self.forgetful:
-            args += ["--appendonly", "no"]
+        if self.forgetful:  # a scratch folder too: a replica's full sync writes a snapshot
+            args += ["--dir", str(self._fresh_scratch().resolve()), "--appendonly", "no"]
         else:
             folder = self.data_dir or self._fresh_scratch()
             folder.mkdir(parents=True, exist_ok=True)

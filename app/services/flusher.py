@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from app.services.forgetting import LossLedger
 from app.services.instruments import flush_histogram
@@ -78,6 +78,10 @@ class Flusher:
         self._resent: set[tuple[str, int, str]] = set()  # sent again: the cache has them
         self._again: set[str] = set()  # nodes whose list was just chained to their marks
         self._seq = 0
+        # Asked before each flush: False when this instance may no longer write by its ring
+        # (`RingLease.confirm`); its held votes then stay in the journal for the next start.
+        self.fence: Callable[[], Awaitable[bool]] | None = None
+        self.fenced = False
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -264,6 +268,9 @@ class Flusher:
             nodes = [n for n in self.buffers if self.in_flight.get(n) or self.buffers[n].votes]
             if not nodes:
                 return 0
+            if self.fence is not None and not await self.fence():
+                self.fenced = True
+                return 0
             results = await asyncio.gather(*(self._flush_node(n) for n in nodes))
             votes = sum(v for v, _ in results)
             polls = sum(p for _, p in results)
@@ -286,6 +293,8 @@ class Flusher:
         deadline = time.monotonic() + timeout
         while self.has_work():
             await self.flush()
+            if self.fenced:
+                return False
             if not self.has_work():
                 break
             if time.monotonic() >= deadline:

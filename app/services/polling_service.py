@@ -1,6 +1,7 @@
 """Stages 1-4 behind one object: votes go to a per-node buffer, reads merge store + in-flight
 + pending. Stage by configuration: write-through when the batch interval is 0, no cache when
-the cache TTL is 0, the in-memory store when no nodes are set."""
+the cache TTL is 0, the in-memory store when no nodes are set. Long because it is the one
+object the API calls; start-up has left it (`startup.py`), and more can."""
 
 from __future__ import annotations
 
@@ -190,6 +191,11 @@ class PollingService:
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
 
+    async def _confirm_ring(self) -> None:
+        """Before a write that goes to a node at once: this instance still holds its ring."""
+        if self.lease is not None and not await self.lease.confirm():
+            self._check_accepting()  # raises: `_lost_ring` has run
+
     async def register(self, wanted: dict[str, list[str]]) -> None:
         """Make sure the poll's node lists these options (the per-poll cap holds for every
         instance and across restarts). Only options new to this instance come here."""
@@ -287,6 +293,7 @@ class PollingService:
         node takes its part all or nothing; a failure answers 503, typed
         `outcome_unknown` unless no part can have been applied."""
         self._check_accepting()
+        await self._confirm_ring()
         routed = route(self.store, counts)
         outcomes = await asyncio.gather(
             *(self.store.apply_now(node, c) for node, c in routed.items()),
@@ -318,6 +325,7 @@ class PollingService:
         all or nothing, so a repeat counts nothing more, on any instance, after any restart.
         Returns the votes of the request (counted now or by an earlier attempt)."""
         self._check_accepting()
+        await self._confirm_ring()
         try:
             if self.migration is not None and self.migration.active:
                 await self.migration.ensure_claim(key)

@@ -52,6 +52,7 @@ class Startup:
                 await self.lease.acquire()  # one ring at a time, before any vote moves
             except RingClaimed as exc:
                 raise RebalanceBlocked(str(exc)) from exc
+            self.flusher.fence = self.lease.confirm  # a stalled instance writes nothing stale
         try:
             misplaced: dict[str, set[str]] = {}
             if self.mover is not None:

@@ -1,9 +1,10 @@
-"""Nodes that forget: a node with neither an append-only file nor a replica loses every
-count and mark when its process restarts, so the service refuses it at start (and before
-the first batch to a node that was down then), unless `ALLOW_NODES_WITHOUT_PERSISTENCE` is
-set, when it warns once per node instead. What is read: `CONFIG GET appendonly` and
-`INFO replication` (`connected_slaves`). RDB snapshots alone do not count: every vote since
-the last snapshot is lost with the process."""
+"""Nodes that forget: a node without an append-only file loses every count and mark when
+its process restarts, so the service refuses it at start (and before the first batch to a
+node that was down then), unless `ALLOW_NODES_WITHOUT_PERSISTENCE` is set, when it warns
+once per node instead. What is read: `CONFIG GET appendonly`. RDB snapshots alone do not
+count: every vote since the last snapshot is lost with the process. Nor does a replica: the
+ring store promotes none, and a node restarted empty is copied to its replicas, which then
+hold nothing either (`tests/test_forgetful_nodes.py`)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,8 @@ async def forgetful_reason(client: Any) -> str | None:
         return None
     if appendonly == "yes":
         return None
-    replicas = int((await client.info("replication")).get("connected_slaves", 0))
-    if replicas > 0:
-        return None
     return (
-        "it has neither an append-only file (appendonly no) nor a replica, so a restart "
-        "loses every count it holds; set appendonly yes (or add a replica), or set "
-        "ALLOW_NODES_WITHOUT_PERSISTENCE=true to accept that"
+        "it has no append-only file (appendonly no), so a restart loses every count it "
+        "holds, and a replica of it then copies the empty restart (nothing promotes one); "
+        "set appendonly yes, or set ALLOW_NODES_WITHOUT_PERSISTENCE=true to accept that"
     )

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -97,7 +98,13 @@ class RingLease:
     # What each node answered at the last acquire: the rings served there since the last
     # complete move, or None where it kept no such record.
     served: dict[str, set[str] | None] = field(default_factory=dict)
+    # Monotonic time until which this instance's leases are surely alive: the start of the
+    # last round that took every answering node, plus one lease (the monotonic clock runs
+    # on through a SIGSTOP, so a stalled process sees at once that it may have lost them).
+    valid_until: float = 0.0
+    lost: str | None = None  # why another ring holds a node of this one now
     _task: asyncio.Task[None] | None = None
+    _round: asyncio.Task[tuple[str, str, int] | None] | None = None  # one `confirm` at a time
 
     @property
     def digest(self) -> str:
@@ -141,6 +148,7 @@ class RingLease:
             await asyncio.sleep(min(left_ms / 1000, self.seconds) + 0.05)  # the lease's end
 
     async def _acquire_all(self) -> tuple[str, str, int] | None:
+        started = time.monotonic()
         for node in self.nodes:
             try:
                 reply = await self._acquire(node)
@@ -151,7 +159,32 @@ class RingLease:
             if node in self.manager.specs:
                 digests = {str(d) for d in reply[1:]}
                 self.served[node] = None if "?" in digests else digests
+        self.valid_until = started + self.seconds
         return None
+
+    async def confirm(self) -> bool:
+        """Whether this instance may still write under its ring (the flusher asks before
+        each flush). A lease younger than two thirds of its length counts as held (renewals
+        run every third); an older one (the event loop stalled, a SIGSTOP, renewals that
+        fail) is renewed first, so an instance that wakes after another ring took its
+        nodes writes nothing more by its old ring. What remains: a stall of more than a
+        third of a lease between this check and the write reaching the node."""
+        if self.lost is not None:
+            return False
+        if time.monotonic() < self.valid_until - self.seconds / 3:
+            return True
+        if self._round is None or self._round.done():  # callers waiting together share it
+            self._round = asyncio.create_task(self._acquire_all(), name="ring-lease-confirm")
+        refused = await asyncio.shield(self._round)
+        if refused is not None:
+            self._lose(refused)
+        return self.lost is None
+
+    def _lose(self, refused: tuple[str, str, int]) -> None:
+        if self.lost is None:
+            node, other, _ = refused
+            self.lost = f"node {node} is now held by an instance serving another ring ({other})"
+            self.on_lost(self.lost)
 
     def split(self, recorded: dict[str, str | None]) -> bool:
         """Whether polls may sit on a non-owner that `ring:config` does not explain: a node
@@ -175,10 +208,7 @@ class RingLease:
             await asyncio.sleep(self.seconds / 3)
             refused = await self._acquire_all()
             if refused is not None:
-                node, other, _ = refused
-                self.on_lost(
-                    f"node {node} is now held by an instance serving another ring ({other})"
-                )
+                self._lose(refused)
                 return
 
     async def release(self) -> None:
@@ -188,6 +218,9 @@ class RingLease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._round is not None and not self._round.done():  # else it takes them again
+            with contextlib.suppress(Exception):
+                await self._round
         for node in self.nodes:
             with contextlib.suppress(NodeUnavailable):
                 await self.call(node, self.manager.client(node).hdel(LEASES_KEY, self.instance))
