@@ -9,7 +9,7 @@ import time
 import jwt
 
 from tests.conftest import NodeFactory
-from tests.test_streams import define, live_app, stream_settings
+from tests.test_streams import ORGANISER, define, live_app, stream_settings
 
 GRIP_KEY = "a-grip-key-of-at-least-32-bytes-for-hs256"
 
@@ -58,3 +58,33 @@ async def test_a_forged_grip_sig_never_gets_a_held_stream(start_node: NodeFactor
                 "/api/v1/polls/secret/stream?grip_renew=1", headers={"grip-sig": signature}
             )
             assert answer.status_code == 403 and "grip-hold" not in answer.headers
+
+
+async def test_hiding_a_word_changes_the_results_etag(start_node: NodeFactory) -> None:
+    """The ETag promises "the same results": after the organiser hides an entry, a client
+    revalidating with the old ETag must get the new results (without the entry), not 304.
+    (The same version also keeps the Pushpin publisher from publishing the hide.)"""
+    async with live_app(stream_settings([start_node()])) as (_app, client, _live):
+        body = {
+            "poll_id": "cloud",
+            "question": "One word?",
+            "type": "words",
+            "max_words": 1,
+        }
+        answer = await client.post("/api/v1/polls", json=body, headers=ORGANISER)
+        assert answer.status_code == 201, answer.text
+        voted = await client.post(
+            "/api/v1/polls/cloud/vote", json={"words": ["rude"]}, headers={"X-Voter-Id": "v1"}
+        )
+        assert voted.status_code == 200, voted.text
+        before = await client.get("/api/v1/polls/cloud/results")
+        assert "rude" in before.text
+        hid = await client.post(
+            "/api/v1/polls/cloud/hide", json={"text": "rude"}, headers=ORGANISER
+        )
+        assert hid.status_code == 200, hid.text
+        after = await client.get(
+            "/api/v1/polls/cloud/results", headers={"If-None-Match": before.headers["etag"]}
+        )
+        assert after.status_code == 200 and "rude" not in after.text
+        assert after.headers["etag"] != before.headers["etag"]

@@ -27,7 +27,8 @@ from app.services.defined_polls import DefinedPolls
 from app.services.errors import HIDDEN, VoteRejected
 from app.services.live_results import Reader, ReadFailed, Snapshot
 from app.services.polling_service import PollingService
-from app.services.read_states import ReadStates
+from app.services.read_states import ReadState, ReadStates
+from app.storage.defined import PollRecord
 
 NO_STORE = (b"cache-control", b"no-store")
 PRIVATE = (b"cache-control", b"private, no-store")
@@ -74,6 +75,18 @@ async def adhoc_results(
     return with_validators(reply, etag, public(max_age), if_none_match)
 
 
+def results_signature(record: PollRecord) -> tuple[object, ...]:
+    """What a defined poll's public results depend on, hidden words included (hiding one
+    changes no count, so not the version); the stream's reader uses the same."""
+    return (tuple(sorted(record.counts.items())), record.closed, tuple(sorted(record.hidden)))
+
+
+def defined_etag(state: ReadState) -> bytes:
+    """The version, and a digest of the signature: equal only for the same public results."""
+    digest = hashlib.blake2b(repr(state.snapshot.signature).encode(), digest_size=6).hexdigest()
+    return b'W/"%d-%s"' % (state.version, digest.encode())
+
+
 def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
     """Reads what `GET /polls/{poll_id}/results` answers (no history point: the stream's
     reader records those)."""
@@ -85,7 +98,7 @@ def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
             raise ReadFailed(rejected_reply(exc)) from exc
         body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
         hidden = not defined.results_visible(record, organiser=False)
-        signature = (tuple(record.counts.items()), record.closed)
+        signature = results_signature(record)
         return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
 
     return read
@@ -109,5 +122,5 @@ async def defined_results(
     if state.snapshot.hidden and not organiser:
         return no_store(rejected_reply(HIDDEN))
     cache_control = PRIVATE if state.snapshot.hidden else public(max_age)
-    etag = b'W/"%d"' % state.version
+    etag = defined_etag(state)
     return with_validators((200, state.snapshot.body, []), etag, cache_control, if_none_match)
