@@ -233,3 +233,45 @@ async def subscribe_with(
         assert reply.status_code == 200
         async for chunk in reply.aiter_text():
             got[0] += chunk
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the publisher publishes only a higher version (4 x votes + closed + visible); "
+    "hiding a words entry changes none of them, so Pushpin subscribers keep seeing the "
+    "hidden entry until the next vote (direct streams do get it). Needs a version that "
+    "also grows with moderation.",
+)
+async def test_hiding_a_word_reaches_subscribers_through_pushpin(
+    start_node: NodeFactory,
+    start_service: Callable[..., ServiceProcess],
+    pushpins: Callable[[], LocalPushpin],
+) -> None:
+    node = start_node()
+    edge = pushpins()
+    async with PublishCounter(edge.publish_url) as counter, httpx.AsyncClient(timeout=30) as client:
+        service = start_service(service_env(node.url, [counter.url]))
+        edge.start([f"127.0.0.1:{service.port}"])
+        api = service.url + "/api/v1"
+        poll = {"poll_id": "cloud", "question": "One word?", "type": "words", "max_words": 1}
+        assert (await client.post(f"{api}/polls", json=poll, headers=ORGANISER)).status_code == 201
+        voted = await client.post(
+            f"{api}/polls/cloud/vote", json={"words": ["rude"]}, headers={"x-voter-id": "v"}
+        )
+        assert voted.status_code == 200
+        got = [""]
+        task = asyncio.create_task(subscribe(client, edge.url + "/api/v1/polls/cloud/stream", got))
+        try:
+            await until(lambda: "rude" in got[0], "the entry in the first event")
+            await until(lambda: len(counter.ids("poll-def-cloud")) == 1, "the first publish")
+            # subscribed before the first publish: it gets that state once more
+            await until(lambda: got[0].count("data: ") == 2, "the first publish's event")
+            seen = len(got[0])
+            hid = await client.post(
+                f"{api}/polls/cloud/hide", json={"text": "rude"}, headers=ORGANISER
+            )
+            assert hid.status_code == 200
+            await until(lambda: "data: " in got[0][seen:], "an event after the hide", 10)
+            assert "rude" not in got[0][seen:]
+        finally:
+            task.cancel()
