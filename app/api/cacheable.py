@@ -28,6 +28,7 @@ from app.services.errors import HIDDEN, VoteRejected
 from app.services.live_results import Reader, ReadFailed, Snapshot
 from app.services.polling_service import PollingService
 from app.services.read_states import ReadStates
+from app.storage.defined import PollRecord
 
 NO_STORE = (b"cache-control", b"no-store")
 PRIVATE = (b"cache-control", b"private, no-store")
@@ -74,6 +75,12 @@ async def adhoc_results(
     return with_validators(reply, etag, public(max_age), if_none_match)
 
 
+def results_signature(record: PollRecord) -> tuple[object, ...]:
+    """What a defined poll's public results depend on, hidden words included (hiding one
+    changes no count, so not the version); the stream's reader uses the same."""
+    return (tuple(sorted(record.counts.items())), record.closed, tuple(sorted(record.hidden)))
+
+
 def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
     """Reads what `GET /polls/{poll_id}/results` answers (no history point: the stream's
     reader records those)."""
@@ -85,7 +92,7 @@ def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
             raise ReadFailed(rejected_reply(exc)) from exc
         body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
         hidden = not defined.results_visible(record, organiser=False)
-        signature = (tuple(record.counts.items()), record.closed)
+        signature = results_signature(record)
         return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
 
     return read

@@ -4,6 +4,7 @@ A request without a valid Grip-Sig never comes here (it streams directly)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from starlette.requests import Request
@@ -12,7 +13,7 @@ from starlette.responses import Response
 from app.api.handlers import json_reply, rejected_reply
 from app.api.responses import to_response
 from app.services.errors import HIDDEN
-from app.services.grip import RENEW_PARAMETER, hold_headers, verified
+from app.services.grip import RENEW_PARAMETER, hold_headers, renew_token, verified
 from app.services.live_results import Reader, ReadFailed
 from app.services.publisher import GripPublishers, event_frame
 
@@ -35,11 +36,16 @@ def grip_publishers(request: Request) -> GripPublishers | None:
 async def grip_stream(
     request: Request, publishers: GripPublishers, key: str, read: Reader, organiser: bool
 ) -> Response:
-    headers = hold_headers(key, request.url.path, publishers.renew_seconds)
-    await publishers.watched(key, read)
-    if RENEW_PARAMETER in request.query_params:
-        # Pushpin's periodic next-link request of a held stream: it renews "watched"
-        # (above) and keeps the hold; nothing is appended to the stream.
+    grip_key = request.app.state.settings.pushpin_grip_key
+    token = renew_token(grip_key.get_secret_value() if grip_key else "", key)
+    headers = hold_headers(key, request.url.path, publishers.renew_seconds, token)
+    renew = request.query_params.get(RENEW_PARAMETER)
+    if renew is not None and hmac.compare_digest(renew, token):
+        # Pushpin's periodic next-link request of a hold the service granted (the token is
+        # only in the Grip-Link header): it renews "watched" and keeps the hold; nothing is
+        # appended to the stream. Any other request gets every check below, so a client
+        # cannot get a hidden poll's channel by adding the parameter itself.
+        await publishers.watched(key, read)
         return Response(b"", headers=dict(_text(headers)))
     try:
         state = await publishers.states.read(key, read)
@@ -50,6 +56,7 @@ async def grip_stream(
         return to_response(json_reply(503, UNAVAILABLE, [(b"retry-after", b"5")]))
     if state.snapshot.hidden and not organiser:
         return to_response(rejected_reply(HIDDEN))
+    await publishers.watched(key, read)
     if state.snapshot.final:
         # Nothing will follow: a plain answer that ends, no hold.
         return Response(event_frame(state), media_type="text/event-stream")

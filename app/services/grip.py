@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 
@@ -39,9 +41,16 @@ def channel(key: str) -> str:
     return "poll-" + key.replace(":", "-", 1)
 
 
-def hold_headers(key: str, path: str, renew_seconds: int) -> list[tuple[bytes, bytes]]:
+def renew_token(grip_key: str, key: str) -> str:
+    """The value of the next link's renew parameter for a poll's stream. Only Pushpin sees
+    it (it strips `Grip-*` headers), so a request carrying it is Pushpin renewing a hold that
+    the service granted, and one without it is a client's and gets every check."""
+    return hmac.new(grip_key.encode(), b"renew " + key.encode(), hashlib.sha256).hexdigest()
+
+
+def hold_headers(key: str, path: str, renew_seconds: int, token: str) -> list[tuple[bytes, bytes]]:
     """The answer to a GRIP stream request: hold, channel, keep-alive, next link."""
-    link = f"<{path}?{RENEW_PARAMETER}=1>; rel=next; timeout={renew_seconds}"
+    link = f"<{path}?{RENEW_PARAMETER}={token}>; rel=next; timeout={renew_seconds}"
     return [
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-store"),
