@@ -121,6 +121,18 @@ async def parse(request: Request, model: type[pydantic.BaseModel]) -> Any:
         return invalid_reply(problems)
 
 
+async def organiser_body(request: Request, settings: Any, model: type[pydantic.BaseModel]) -> Any:
+    """The organiser's parsed body, or the answer that refuses it (the token first, then
+    the body), as a Response."""
+    refused = _organiser(request, settings)
+    if refused:
+        return reply(refused)
+    body = await parse(request, model)
+    if isinstance(body, tuple):
+        return reply(body)
+    return body
+
+
 def reply(found: Reply) -> Response:
     return to_response(found)
 
@@ -145,12 +157,9 @@ async def state(events: Events, event: EventRecord) -> dict[str, Any]:
 )
 async def create_event(request: Request, events: EventsDep, settings: SettingsDep) -> Response:
     """`{"title": ...}` -> 201 with `event_id` and a 6-character join `code`."""
-    refused = _organiser(request, settings)
-    if refused:
-        return reply(refused)
-    body = await parse(request, EventCreate)
-    if isinstance(body, tuple):
-        return reply(body)
+    body = await organiser_body(request, settings, EventCreate)
+    if isinstance(body, Response):
+        return body
     try:
         event = await events.create(body.title)
     except VoteRejected as exc:
@@ -240,12 +249,9 @@ async def set_current(
 ) -> Response:
     """`{"poll_id": ...}` of one of the event's polls, or `null` for a waiting screen. The
     first time a poll becomes current its start is stamped (a quiz's time limit starts)."""
-    refused = _organiser(request, settings)
-    if refused:
-        return reply(refused)
-    body = await parse(request, CurrentSet)
-    if isinstance(body, tuple):
-        return reply(body)
+    body = await organiser_body(request, settings, CurrentSet)
+    if isinstance(body, Response):
+        return body
     try:
         return reply(await _view(events, await events.set_current(event_id, body.poll_id)))
     except VoteRejected as exc:
@@ -262,12 +268,9 @@ async def reorder(
     event_id: EventId, request: Request, events: EventsDep, settings: SettingsDep
 ) -> Response:
     """`{"poll_ids": [...]}`: every poll of the event once, in the new order."""
-    refused = _organiser(request, settings)
-    if refused:
-        return reply(refused)
-    body = await parse(request, Reorder)
-    if isinstance(body, tuple):
-        return reply(body)
+    body = await organiser_body(request, settings, Reorder)
+    if isinstance(body, Response):
+        return body
     try:
         return reply(await _view(events, await events.reorder(event_id, body.poll_ids)))
     except VoteRejected as exc:
