@@ -60,7 +60,7 @@ class ClusterPool:
         def one(name: str) -> tuple[str, LocalCluster]:
             masters, persist, spares = self.wanted[name]
             data_dir = self.root / name if persist else None
-            started = LocalCluster(masters=masters, data_dir=data_dir)
+            started = LocalCluster(masters=masters, data_dir=data_dir, appendfsync="always")
             self.started[name] = started  # stopped by stop() even if it fails to start
             started.start()
             for i in range(spares):  # cluster-enabled, not met: an operator's next master

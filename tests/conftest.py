@@ -136,3 +136,20 @@ def service_for(store: Store, *, cache_ttl: float = 0, **extra: Any) -> PollingS
         shutdown_flush_seconds=0,
         **({"ring_lease_seconds": 1.0} | extra),  # a killed service's lease ends soon
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report kept on the test (`item.stash[REPORTS]`), so a fixture can add
+    what it knows (a server's log) when the test failed."""
+    report = yield
+    item.stash.setdefault(REPORTS, {})[report.when] = report
+    return report
+
+
+REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    reports = request.node.stash.get(REPORTS, {})
+    return any(r.failed for r in reports.values())

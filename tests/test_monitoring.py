@@ -46,7 +46,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     service: UvicornProcess | None = None
     try:
         for _ in range(2):
-            nodes.append(LocalNode(free_port()).start())
+            nodes.append(LocalNode(free_port(), appendfsync="always").start())
         env = {
             "REDIS_NODES": ",".join(node.url for node in nodes),
             "API_TOKEN": TOKEN,

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -55,12 +56,21 @@ class FaultyMover(Mover):
     """The mover with every node call a step of the plan: fail it, lose its reply, or kill
     the process right after it."""
 
-    def __init__(self, mover: Mover, plan: FaultPlan, torn: bool = False) -> None:
+    def __init__(
+        self,
+        mover: Mover,
+        plan: FaultPlan,
+        torn: bool = False,
+        restart: tuple[int, Callable[[str], None]] | None = None,
+    ) -> None:
         super().__init__(mover.manager, mover.call, mover.group)
         self.plan = plan
         self.torn = torn  # the crash cuts the step's pipeline in half
+        self.restart = restart  # (step, restart the node): the node restarts before that call
 
     async def run(self, node: str, step: str, operation: Awaitable[T]) -> T:
+        if self.restart is not None and self.restart[0] == self.plan.step + 1:
+            self.restart[1](node)  # kill -9 and start again from its append-only file
         if self.torn and self.plan.step + 1 == self.plan.at and not self.plan.crashed:
             tear(operation)  # only the pipeline's first half reaches the node, then the crash
         try:
@@ -84,12 +94,26 @@ class FaultyMover(Mover):
 
 
 def service_on(
-    nodes: list[LocalNode], labels: list[str], plan: FaultPlan | None = None, torn: bool = False
+    nodes: list[LocalNode],
+    labels: list[str],
+    plan: FaultPlan | None = None,
+    torn: bool = False,
+    restart_at: int = 0,
+    restarted: list[str] | None = None,
 ) -> tuple[PollingService, DefinedPolls]:
     specs = [NodeSpec(label, node.url) for label, node in zip(labels, nodes, strict=False)]
     store = ShardedRedisStore(specs, 100, 2.0)
     mover = Mover(store.manager, store.call)
-    return moving_service(store, FaultyMover(mover, plan, torn) if plan else mover)
+    by_label = dict(zip(labels, nodes, strict=False))
+
+    def restart(label: str) -> None:
+        by_label[label].kill()
+        by_label[label].start()
+        if restarted is not None:
+            restarted.append(label)
+
+    restart_plan = (restart_at, restart) if restart_at else None
+    return moving_service(store, FaultyMover(mover, plan, torn, restart_plan) if plan else mover)
 
 
 POLLS = [f"p{i}" for i in range(24)]  # some move when c joins a and b; 6 are touched
@@ -204,7 +228,7 @@ async def test_a_move_while_serving_cut_at_any_node_call_stays_exact(
         step += 1
         await before_the_change(nodes)
         plan = FaultPlan(step, "crash" if mode == "torn" else mode)
-        service, defined = service_on(nodes, LABELS, plan, torn=mode == "torn")
+        service, defined = service_on(nodes, LABELS, plan, mode == "torn")
         landed: Counter[str] = Counter()
         try:
             await service.start()
@@ -219,6 +243,45 @@ async def test_a_move_while_serving_cut_at_any_node_call_stays_exact(
     print(f"{mode}: each of {step - 1} node calls of a move while serving broken once")
     assert step > 20
     assert {"stage", "copy", "release", "scan", "write ring"} <= set(plan.steps)
+
+
+RESTART_PAIRS = 6  # sampled: every pair would take minutes
+
+
+async def test_a_node_restarted_during_a_move_and_then_the_process_killed_stays_exact(
+    start_node: NodeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two faults in one move: before node call `a`, the node it goes to is killed -9 and
+    started again from its append-only file; at a later call `b` the service is killed.
+    A fixed sample of the pairs; each then resumes, and everything stays exact."""
+    nodes = [start_node(persist=True) for _ in LABELS]
+    await before_the_change(nodes)
+    clean = FaultPlan()
+    service, _ = service_on(nodes, LABELS, clean)
+    await service.start()
+    await moved(service)
+    await service.stop()
+    calls = len(clean.steps)
+    possible = [(a, b) for a in range(1, calls + 1) for b in range(a + 1, calls + 1)]
+    chosen = random.Random(18).sample(possible, RESTART_PAIRS)
+    restarted: list[str] = []
+    for restart_at, crash_at in chosen:
+        await before_the_change(nodes)
+        plan = FaultPlan(crash_at, "crash")
+        service, defined = service_on(nodes, LABELS, plan, False, restart_at, restarted)
+        landed: Counter[str] = Counter()
+        try:
+            await service.start()
+            await during_the_change(service, defined, landed)
+            await moved(service)
+        except (Crash, RebalanceBlocked):
+            pass
+        await abandon(service)
+        await check_after(nodes, landed, defined_votes_landed(nodes))
+    with capsys.disabled():
+        print(f"\nnode restart then kill -9 in a move: {len(chosen)} of {len(possible)} pairs")
+    assert calls > 20
+    assert len(restarted) == len(chosen), restarted  # each pair's restart did happen
 
 
 class CountingMover(Mover):

@@ -48,7 +48,7 @@ def nodes() -> Iterator[list[LocalNode]]:
     started: list[LocalNode] = []
     try:
         for _ in range(2):
-            started.append(LocalNode(free_port()).start())
+            started.append(LocalNode(free_port(), appendfsync="always").start())
         yield started
     finally:
         for node in started:

@@ -22,7 +22,7 @@ TOKEN = "fuzz-token"
 
 @pytest.fixture(scope="module")
 def service_url() -> Iterator[str]:
-    nodes = [LocalNode(free_port()).start(), LocalNode(free_port()).start()]
+    nodes = [LocalNode(free_port(), appendfsync="always").start(), LocalNode(free_port()).start()]
     env = {
         "REDIS_NODES": ",".join(n.url for n in nodes),
         "API_TOKEN": TOKEN,

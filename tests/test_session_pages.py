@@ -56,7 +56,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def service() -> Iterator[UvicornProcess]:
     """One service on two real nodes for the module's tests (each makes its own event)."""
-    nodes = [LocalNode(free_port()) for _ in range(2)]
+    nodes = [LocalNode(free_port(), appendfsync="always") for _ in range(2)]
     service: UvicornProcess | None = None
     try:
         for node in nodes:

@@ -36,6 +36,7 @@ class LocalCluster:
     nodes: list[LocalNode] = field(default_factory=list)
     replicas: int = 0
     node_timeout_ms: int = 5000
+    appendfsync: str = "everysec"  # tests take "always": WAITAOF then answers at once
     replica_nodes: list[LocalNode] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list, repr=False)  # removed by stop()
 
@@ -75,7 +76,7 @@ class LocalCluster:
         args += ["--maxmemory-policy", "noeviction"]
         if folder is None:  # a replica's full sync writes an RDB file: not in our cwd
             args += ["--dir", str(config_dir.resolve())]
-        node = LocalNode(port, folder, extra_args=args)
+        node = LocalNode(port, folder, extra_args=args, appendfsync=self.appendfsync)
         self.nodes.append(node)  # stopped by stop() even if it fails to start
         node.start()
         self.nodes.pop()

@@ -26,10 +26,20 @@ def find_server_binary() -> str:
     return str(get_binary_path())
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now, and never one this process handed out before: a port chosen for a
+    server that has not bound it yet (Pushpin's five, a node being restarted) is not given
+    to the next server too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_in_use(port: int) -> bool:

@@ -17,6 +17,13 @@ from app.devtools.local_nodes import free_port
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "pushpin"
 PUSHPIN = shutil.which("pushpin")
+# What each of the runner's services logs once it runs (Pushpin 1.36).
+STARTED_LINES = (
+    "[condure] [condure] started",
+    "[zurl] started",
+    "[proxy] started",
+    "[handler] started",
+)
 
 
 def config_text(shipped: str, folder: Path, ports: dict[str, int], grip_key: str) -> str:
@@ -87,11 +94,22 @@ class LocalPushpin:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pushpin exited: {self.log.read_text()[-2000:]}")
-            if all(_listening(self.ports[p]) for p in ("http", "publish")):
+            if self._ready():
                 return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"pushpin did not start in {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def _ready(self) -> bool:
+        """Every part said it started and nothing failed. A listening port alone proves
+        nothing: a port taken by another server between choosing and binding would look
+        ready while condure exited on "failed to bind" (then every stream request hangs or
+        is dropped)."""
+        text = self.log.read_text(errors="replace")
+        if "[ERR]" in text:
+            raise RuntimeError(f"pushpin failed to start: {text[-2000:]}")
+        started = all(part in text for part in STARTED_LINES)
+        return started and all(_listening(port) for port in self.ports.values())
 
     def stop(self) -> None:
         if self.process is None:
