@@ -19,7 +19,7 @@ def wants_html(request: Request) -> bool:
 
 def normalised_code(typed: str) -> str | None:
     """What a person typed, as a code (app/services/events.py: spaces and dashes dropped,
-    upper case); None when it cannot be a code at all. A look-alike (`5` for `S`) is
+    upper case); None when it cannot be a code at all. A dropped look-alike (`S` typed for `5`) is
     resolved when the code is looked up."""
     return normalise_code(typed)
 

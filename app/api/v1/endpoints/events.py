@@ -21,6 +21,7 @@ from app.api.v1.endpoints.votes import _json_body
 from app.api.voters import cross_origin
 from app.schemas.defined import PollCreate
 from app.schemas.polls import Id, Message
+from app.schemas.text import Title
 from app.services.errors import VoteRejected
 from app.services.events import MAX_NAME, Events
 from app.services.live_results import Reader, ReadFailed, Snapshot
@@ -77,7 +78,7 @@ EventsDep = Annotated[Events, Depends(get_events)]
 
 class EventCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    title: str = Field(min_length=1, max_length=200)
+    title: Title
 
 
 class CurrentSet(BaseModel):
