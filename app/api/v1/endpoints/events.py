@@ -185,7 +185,8 @@ async def list_events(request: Request, events: EventsDep, settings: SettingsDep
     "/by-code/{code}", summary="The event a join code names, and its state", responses=PUBLIC
 )
 async def by_code(code: Annotated[str, Path(max_length=20)], events: EventsDep) -> Response:
-    """Case-insensitive; spaces and dashes are ignored. 404 `event_not_found`."""
+    """Case-insensitive; spaces and dashes are ignored, a dropped look-alike is read as the
+    character kept (`B`->`8`, `G`->`6`, `S`->`5`, `Z`->`2`, `V`->`U`). 404 `event_not_found`."""
     try:
         event = await events.by_code(code)
         return reply(json_reply(200, await state(events, event)))
