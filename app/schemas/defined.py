@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from app.schemas.polls import Id
-
-Label = Annotated[str, Field(min_length=1, max_length=200)]
+from app.schemas.text import Label, Question
 
 
 class OptionIn(BaseModel):
@@ -39,7 +38,7 @@ class PollCreate(BaseModel):
         },
     )
     poll_id: Id | None = Field(None, description="Generated when absent.")
-    question: str = Field(min_length=1, max_length=500)
+    question: Question
     type: Literal["single", "multiple", "rating", "words", "quiz"] = "single"
     options: list[OptionIn] = Field(
         default_factory=list, max_length=20, description="2-20 for single, multiple, quiz."

@@ -12,8 +12,10 @@ first, then its code, its polls and its place in the list.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -25,8 +27,14 @@ from app.storage.defined import PollDefinition, PollRecord
 from app.storage.events import EventRecord, event_tag
 
 T = TypeVar("T")
-# Readable aloud, typed on a phone: no 0/O, no 1/I/L.
-CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+# Readable aloud, typed on a phone: no 0/O, no 1/I/L, and of each look-alike pair the
+# digit or U kept (B/8, G/6, S/5, Z/2, U/V): 18 letters and 8 digits, 26**6 codes.
+CODE_ALPHABET = "ACDEFHJKMNPQRTUWXY23456789"
+# The alphabet of codes made before the look-alikes went: such an event still joins.
+OLD_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+# A dropped look-alike typed for the character it looks like.
+LOOK_ALIKES = str.maketrans("BGSZV", "8652U")
+TYPED_APART = re.compile(r"[\s\-\u2010-\u2015]")  # spaces and dashes in a typed code
 CODE_LENGTH = 6
 CODE_TRIES = 20
 MAX_NAME = 32
@@ -72,12 +80,23 @@ def new_code() -> str:
 
 
 def normalise_code(text: str) -> str | None:
-    """The code as stored (upper case, without spaces or dashes), or None if it cannot be
-    one."""
-    code = text.replace(" ", "").replace("-", "").upper()
-    if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
+    """What a person typed, as a code: full-width characters as plain ones (NFKC), spaces
+    and dashes dropped, upper case; None if it cannot be a code of either alphabet."""
+    code = TYPED_APART.sub("", unicodedata.normalize("NFKC", text)).upper()
+    if len(code) != CODE_LENGTH or any(c not in OLD_CODE_ALPHABET for c in code):
         return None
     return code
+
+
+def code_lookups(text: str) -> list[str]:
+    """The stored codes a typed code may name, in the order tried: as typed (an event made
+    with the old alphabet keeps its code), then with each look-alike as the character kept
+    (`S8Z` typed for `582`). Empty when it cannot be a code."""
+    code = normalise_code(text)
+    if code is None:
+        return []
+    kept = code.translate(LOOK_ALIKES)
+    return [code] if kept == code else [code, kept]
 
 
 @dataclass(frozen=True)
@@ -122,13 +141,11 @@ class Events:
         return found
 
     async def by_code(self, code: str) -> EventRecord:
-        normal = normalise_code(code)
-        event_id = None
-        if normal is not None:
-            event_id = await self._on(f"code:{normal}", self.store.code_event(normal))
-        if event_id is None:
-            raise EventNotFound(f"no event has the code {code!r}")
-        return await self.load(event_id)
+        for stored in code_lookups(code):
+            event_id = await self._on(f"code:{stored}", self.store.code_event(stored))
+            if event_id is not None:
+                return await self.load(event_id)
+        raise EventNotFound(f"no event has the code {code!r}")
 
     async def all(self) -> list[EventRecord]:
         index = await self._on("events:all", self.store.index())
@@ -220,4 +237,4 @@ class Events:
         return ranked, len(closed)
 
 
-__all__ = ["EventNotFound", "Events", "PollExists", "normalise_code"]
+__all__ = ["EventNotFound", "Events", "PollExists", "code_lookups", "normalise_code"]

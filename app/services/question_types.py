@@ -7,8 +7,9 @@ and what the voter's own record says.
 - multiple: `{"option_ids": ["A", "C"]}`: 1..max_choices distinct known options.
 - rating: `{"value": 4}`: an integer from `scale_min` to `scale_max`.
 - words: `{"words": ["Rust", "go"]}`: 1..max_words entries of 1..40 characters after
-  normalising (NFKC, case-folded, invisible Cf characters removed, spaces collapsed;
-  40 code points), distinct after normalising; a control character (Cc) is refused.
+  normalising (NFKC, case-folded, invisible Cf characters such as bidi overrides
+  removed, white space, tabs and line breaks collapsed to one space; 40 code points),
+  distinct after normalising; any other control character is refused (app/core/text.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import unicodedata
 from typing import Any
 
 from app.core.ids import error, id_error
+from app.core.text import LINE_RULE, named, refused_character
 from app.storage.defined import PollDefinition
 
 TYPES = ("single", "multiple", "rating", "words", "quiz")
@@ -52,10 +54,6 @@ def normalise_word(text: str) -> str:
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
     return " ".join(visible.split())
-
-
-def _has_control(entry: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" for c in entry)
 
 
 def vote_payload(d: PollDefinition, data: dict[str, Any]) -> str:
@@ -122,8 +120,9 @@ def _words(d: PollDefinition, value: Any) -> str:
         entry = normalise_word(word)
         if not entry:
             raise _bad("words", "an entry of words is empty", "string_too_short")
-        if _has_control(entry):
-            message = "an entry of words must not hold a control character"
+        refused = refused_character(entry)  # the rule of every line of text
+        if refused is not None:
+            message = f"an entry of words must be {LINE_RULE}: it holds {named(refused)}"
             raise _bad("words", message, "control_character")
         if len(entry) > MAX_WORD_CHARS:
             message = f"each entry of words is at most {MAX_WORD_CHARS} characters"

@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.storage.defined import READ_ONLY_SCRIPTS
 from app.storage.durability import DurabilityPolicy, ServerPromise, asks, judge, promise_from_info
+from app.storage.events import READ_ONLY_SCRIPTS as EVENT_READS
 from app.storage.redis_store import reached_node
 
 MAX_ROUNDS = 16  # sends of one command through redirections before giving up (as redis-py)
@@ -291,7 +292,7 @@ class ClusterClient:
         return reply
 
     async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
-        durable = script not in READ_ONLY_SCRIPTS  # a read waits for nothing
+        durable = script not in READ_ONLY_SCRIPTS + EVENT_READS  # a read waits for nothing
         return await self._one(("EVAL", script, numkeys, *keys_and_args), durable)
 
     async def lrange(self, key: str, start: int, end: int) -> Any:

@@ -119,6 +119,15 @@ READ = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
+# One command on one key, as a script: `eval` is the one call every node client offers
+# (our ring's redis-py clients and the cluster's ClusterClient alike).
+HSET = "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])"
+HDEL = "return redis.call('HDEL', KEYS[1], ARGV[1])"
+HGET = "return redis.call('HGET', KEYS[1], ARGV[1])"
+HGETALL = "return redis.call('HGETALL', KEYS[1])"
+DELETE = "return redis.call('DEL', unpack(KEYS))"
+READ_ONLY_SCRIPTS = (READ, HGET, HGETALL)  # they write nothing: no durability wait
+
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -136,19 +145,14 @@ class RedisEventStore:
         client = self.manager.client(node)
         return await self.call(node, client.eval(script, len(keys), *keys, *args))
 
-    async def _run(self, tag: str, command: str, *args: Any) -> Any:
-        node = self.manager.node_for(tag)
-        client = self.manager.client(node)
-        return await self.call(node, getattr(client, command)(*args))
-
     async def index_add(self, event_id: str, created_at: int) -> None:
-        await self._run(INDEX_TAG, "hset", key(INDEX_TAG), event_id, str(created_at))
+        await self._eval(INDEX_TAG, HSET, [key(INDEX_TAG)], event_id, str(created_at))
 
     async def index_remove(self, event_id: str) -> None:
-        await self._run(INDEX_TAG, "hdel", key(INDEX_TAG), event_id)
+        await self._eval(INDEX_TAG, HDEL, [key(INDEX_TAG)], event_id)
 
     async def index(self) -> dict[str, int]:
-        found = await self._run(INDEX_TAG, "hgetall", key(INDEX_TAG))
+        found = _pairs(await self._eval(INDEX_TAG, HGETALL, [key(INDEX_TAG)]))
         return {str(e): int(ms) for e, ms in found.items()}
 
     async def claim_code(self, code: str, event_id: str) -> bool:
@@ -158,7 +162,7 @@ class RedisEventStore:
         await self._eval(code_tag(code), RELEASE_CODE, [key(code_tag(code))], event_id)
 
     async def code_event(self, code: str) -> str | None:
-        found = await self._run(code_tag(code), "hget", key(code_tag(code)), "event_id")
+        found = await self._eval(code_tag(code), HGET, [key(code_tag(code))], "event_id")
         return str(found) if found else None
 
     async def create(self, event_id: str, title: str, code: str, created_at: int) -> bool:
@@ -202,9 +206,9 @@ class RedisEventStore:
 
     async def names(self, event_id: str) -> dict[str, str]:
         tag = event_tag(event_id)
-        found = await self._run(tag, "hgetall", key(tag, "names"))
+        found = _pairs(await self._eval(tag, HGETALL, [key(tag, "names")]))
         return {str(v): str(n) for v, n in found.items()}
 
     async def delete(self, event_id: str) -> None:
         tag = event_tag(event_id)
-        await self._run(tag, "delete", key(tag), key(tag, "polls"), key(tag, "names"))
+        await self._eval(tag, DELETE, [key(tag), key(tag, "polls"), key(tag, "names")])

@@ -9,10 +9,11 @@ reload. The event itself is read through the JSON API (own_api.py)."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import msgspec
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
 
 from app.api import defined
 from app.api.deps import DefinedDep
@@ -95,6 +96,8 @@ async def audience_page(code: str, request: Request, polls: DefinedDep) -> Respo
     event = await _event_by_code(request, code)
     if isinstance(event, Response):
         return event
+    if event.get("code") != code:  # typed in lower case or with a look-alike: the real code
+        return RedirectResponse(f"/j/{quote(str(event.get('code')), safe='')}", status_code=303)
     poll = await _question(polls, current_poll_id(event))
     return _audience(request, event, poll)
 

@@ -3,15 +3,13 @@ box's plain form asks (it works with JavaScript off) and sends on to `/j/{CODE}`
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
+from app.services.events import normalise_code
 from app.web.pages import page
 
 router = APIRouter(include_in_schema=False)
-CODE_TYPED = re.compile(r"[A-Za-z0-9]{4,12}")
 
 
 def wants_html(request: Request) -> bool:
@@ -20,10 +18,10 @@ def wants_html(request: Request) -> bool:
 
 
 def normalised_code(typed: str) -> str | None:
-    """What a person typed, as the code it names: spaces and dashes dropped, upper case;
-    None when it cannot be a code at all."""
-    code = re.sub(r"[\s\-]", "", typed)
-    return code.upper() if CODE_TYPED.fullmatch(code) else None
+    """What a person typed, as a code (app/services/events.py: spaces and dashes dropped,
+    upper case); None when it cannot be a code at all. A dropped look-alike (`S` typed for `5`) is
+    resolved when the code is looked up."""
+    return normalise_code(typed)
 
 
 def join_page(request: Request, typed: str = "", status: int = 200) -> Response:

@@ -21,6 +21,7 @@ from app.api.v1.endpoints.votes import _json_body
 from app.api.voters import cross_origin
 from app.schemas.defined import PollCreate
 from app.schemas.polls import Id, Message
+from app.schemas.text import Title
 from app.services.errors import VoteRejected
 from app.services.events import MAX_NAME, Events
 from app.services.live_results import Reader, ReadFailed, Snapshot
@@ -77,7 +78,7 @@ EventsDep = Annotated[Events, Depends(get_events)]
 
 class EventCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    title: str = Field(min_length=1, max_length=200)
+    title: Title
 
 
 class CurrentSet(BaseModel):
@@ -184,7 +185,8 @@ async def list_events(request: Request, events: EventsDep, settings: SettingsDep
     "/by-code/{code}", summary="The event a join code names, and its state", responses=PUBLIC
 )
 async def by_code(code: Annotated[str, Path(max_length=20)], events: EventsDep) -> Response:
-    """Case-insensitive; spaces and dashes are ignored. 404 `event_not_found`."""
+    """Case-insensitive; spaces and dashes are ignored, a dropped look-alike is read as the
+    character kept (`B`->`8`, `G`->`6`, `S`->`5`, `Z`->`2`, `V`->`U`). 404 `event_not_found`."""
     try:
         event = await events.by_code(code)
         return reply(json_reply(200, await state(events, event)))
