@@ -102,7 +102,7 @@ def build_defined(service: PollingService) -> DefinedPolls:
     store = service.store
     if isinstance(store, ShardedRedisStore):
         defined = RedisDefinedStore(store.manager, store.call, store.durable)
-        return DefinedPolls(defined, whole=service.whole)
+        return DefinedPolls(defined, whole=service.whole, fence=service.confirm_ring)
     if isinstance(store, ClusterRedisStore):
         return DefinedPolls(RedisDefinedStore(store, store.call))
     return DefinedPolls(MemoryDefinedStore())

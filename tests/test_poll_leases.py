@@ -79,8 +79,8 @@ async def test_lease_rules_in_memory() -> None:
     await check_rules(leases, expire)
 
 
-def snapshot(total: int, final: bool = False, hidden: bool = False) -> Snapshot:
-    return Snapshot(b"{}", total, total, final=final, hidden=hidden)
+def snapshot(total: int, final: bool = False, hidden: bool = False, moderated: int = 0) -> Snapshot:
+    return Snapshot(b"{}", total, total, final=final, hidden=hidden, moderated=moderated)
 
 
 def test_versions_only_grow_along_a_polls_life() -> None:
@@ -89,7 +89,10 @@ def test_versions_only_grow_along_a_polls_life() -> None:
         snapshot(3, hidden=True),
         snapshot(3),  # revealed
         snapshot(7),
-        snapshot(7, final=True),  # closed
+        snapshot(7, moderated=1),  # a words entry hidden
+        snapshot(7, moderated=2),  # and shown again
+        snapshot(7, final=True, moderated=2),  # closed
+        snapshot(7, final=True, moderated=3),  # hidden after the close
     ]
     versions = [version_of(s) for s in life]
     assert versions == sorted(set(versions))

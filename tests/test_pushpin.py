@@ -337,13 +337,6 @@ async def subscribe_with(
             got[0] += chunk
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the publisher publishes only a higher version (4 x votes + closed + visible); "
-    "hiding a words entry changes none of them, so Pushpin subscribers keep seeing the "
-    "hidden entry until the next vote (direct streams do get it). Needs a version that "
-    "also grows with moderation.",
-)
 async def test_hiding_a_word_reaches_subscribers_through_pushpin(
     start_node: NodeFactory,
     start_service: Callable[..., ServiceProcess],

@@ -245,12 +245,6 @@ def test_an_instance_stalled_past_its_lease_loses_no_acknowledged_vote(
                 process.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defined votes are not fenced by the ring lease: checking it in "
-    "PollingService.whole (RingLease.ensure) fixed this test but hung "
-    "test_rebalance.py::test_the_moves_bookkeeping_keeps_a_bounded_sample_of_poll_ids",
-)
 def test_a_voter_sent_to_a_stalled_instance_is_never_counted_twice(
     start_node: NodeFactory, tmp_path: object
 ) -> None:

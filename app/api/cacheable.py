@@ -93,7 +93,14 @@ def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
         body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
         hidden = not defined.results_visible(record, organiser=False)
         signature = results_signature(record)
-        return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
+        return Snapshot(
+            body,
+            signature,
+            record.total,
+            final=record.closed,
+            hidden=hidden,
+            moderated=record.moderated,
+        )
 
     return read
 

@@ -75,8 +75,13 @@ class DefinedPolls:
         store: DefinedStore,
         max_definitions: int = 10_000,
         whole: Callable[[str], Awaitable[None]] | None = None,
+        fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        # Before a "no such poll": raises (503) when this instance no longer holds its ring
+        # (`PollingService.confirm_ring`): an instance that stalled past its lease while
+        # another ring moved the poll away must not say that the poll does not exist.
+        self.fence = fence
         # While polls move after a ring change: makes a poll whole on its owner before its
         # keys are used (`PollingService.whole`), so a vote never meets a poll not yet moved.
         self.whole = whole
@@ -131,9 +136,14 @@ class DefinedPolls:
         except NodeUnavailable as exc:
             raise NodeDown(f"{exc}; retry later") from exc
         if record is None:
-            raise PollNotFound(f"poll {poll_id} does not exist")
+            raise await self._not_found(poll_id)
         self._remember(record.definition)
         return record
+
+    async def _not_found(self, poll_id: str) -> PollNotFound:
+        if self.fence is not None:
+            await self.fence()
+        return PollNotFound(f"poll {poll_id} does not exist")
 
     async def definition(self, poll_id: str, fresh: bool = False) -> PollDefinition:
         """The definition, from memory when this instance has seen it (it changes only
@@ -188,6 +198,9 @@ class DefinedPolls:
         if outcome == "changed":
             self._definitions.pop(poll_id, None)
             raise DefinitionChanged(poll_id)
+        if outcome == "missing":
+            self._definitions.pop(poll_id, None)
+            raise await self._not_found(poll_id)
         raise self._refusal(poll_id, definition, outcome)
 
     def _refusal(self, poll_id: str, definition: PollDefinition, outcome: str) -> Exception:

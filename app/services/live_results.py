@@ -47,6 +47,7 @@ class Snapshot:
     final: bool = False  # nothing will change any more; the stream ends after it
     hidden: bool = False  # only the organiser may see it
     empty: bool = False  # no such poll yet (an ad-hoc poll without votes)
+    moderated: int = 0  # words entries hidden or shown again so far: only grows
 
 
 @dataclass(frozen=True)

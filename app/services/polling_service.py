@@ -191,7 +191,7 @@ class PollingService:
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and takes no more votes")
 
-    async def _confirm_ring(self) -> None:
+    async def confirm_ring(self) -> None:
         """Before a write that goes to a node at once: this instance still holds its ring."""
         if self.lease is not None and not await self.lease.confirm():
             self._check_accepting()  # raises: `_lost_ring` has run
@@ -293,7 +293,7 @@ class PollingService:
         node takes its part all or nothing; a failure answers 503, typed
         `outcome_unknown` unless no part can have been applied."""
         self._check_accepting()
-        await self._confirm_ring()
+        await self.confirm_ring()
         routed = route(self.store, counts)
         outcomes = await asyncio.gather(
             *(self.store.apply_now(node, c) for node, c in routed.items()),
@@ -325,7 +325,7 @@ class PollingService:
         all or nothing, so a repeat counts nothing more, on any instance, after any restart.
         Returns the votes of the request (counted now or by an earlier attempt)."""
         self._check_accepting()
-        await self._confirm_ring()
+        await self.confirm_ring()
         try:
             if self.migration is not None and self.migration.active:
                 await self.migration.ensure_claim(key)

@@ -20,11 +20,14 @@ RECENT_POLLS = 10_000
 
 
 def version_of(snapshot: Snapshot) -> int:
-    """4 x the votes counted, + 2 once closed, + 1 once visible to everyone. Each part only
-    grows (votes are never taken back, a closed poll stays closed, revealed results stay
-    revealed), and no vote is counted after the close, so a later state always has a higher
-    version, and the same state the same version on every instance."""
-    return snapshot.total * 4 + 2 * snapshot.final + (not snapshot.hidden)
+    """4 x (the votes counted + the times a words entry was hidden or shown again), + 2 once
+    closed, + 1 once visible to everyone. Each part only grows (votes are never taken back,
+    the moderation count only goes up, a closed poll stays closed, revealed results stay
+    revealed); after the close only a hide changes the state, and it adds 4. So a later
+    state always has a higher version, and the same state the same version on every
+    instance (the Pushpin publisher publishes only a higher version)."""
+    moves = snapshot.total + snapshot.moderated
+    return moves * 4 + 2 * snapshot.final + (not snapshot.hidden)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class PollRecord:
     voters: int = 0  # people who answered
     hidden: frozenset[str] = frozenset()  # words the organiser hid from public views
     started_at: int | None = None  # when it first became its event's current poll (ms)
+    moderated: int = 0  # times an entry was hidden or shown again: only grows
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,7 @@ def decode_record(
         {o: int(counts.get(o, 0)) for o in count_keys(definition, counts)},
         int(raw.get("total", 0)),
         started_at=int(raw["started_at"]) if raw.get("started_at") else None,
+        moderated=int(raw.get("moderated") or 0),
     )
 
 

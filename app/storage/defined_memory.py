@@ -29,6 +29,7 @@ class _Poll:
     mine: dict[str, str] = field(default_factory=dict)  # as question_scripts.py keeps it
     hidden: set[str] = field(default_factory=set)
     started_at: int | None = None
+    moderated: int = 0
     history: list[tuple[int, int, str]] = field(default_factory=list)  # (total, ms, JSON)
 
 
@@ -74,6 +75,7 @@ class MemoryDefinedStore:
             len(poll.voters),
             frozenset(poll.hidden),
             poll.started_at,
+            poll.moderated,
         )
 
     async def vote(self, poll_id: str, votes: list[DefinedVote]) -> list[str]:
@@ -163,6 +165,8 @@ class MemoryDefinedStore:
         poll = self._polls.get(poll_id)
         if poll is None:
             return False
+        if (entry in poll.hidden) != hidden:
+            poll.moderated += 1
         if hidden:
             poll.hidden.add(entry)
         else:

@@ -22,8 +22,10 @@ return 1
 # KEYS[1] = the definition, KEYS[2] = hidden; ARGV[1] = the entry, ARGV[2] = '1' to hide.
 HIDE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] == '1' then redis.call('SADD', KEYS[2], ARGV[1])
-else redis.call('SREM', KEYS[2], ARGV[1]) end
+local changed
+if ARGV[2] == '1' then changed = redis.call('SADD', KEYS[2], ARGV[1])
+else changed = redis.call('SREM', KEYS[2], ARGV[1]) end
+if changed == 1 then redis.call('HINCRBY', KEYS[1], 'moderated', 1) end
 return 1
 """
 

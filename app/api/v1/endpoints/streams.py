@@ -102,7 +102,14 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
         # hidden words change what subscribers see without changing a count
         signature = cacheable.results_signature(record)
         hidden = not defined.results_visible(record, organiser=False)
-        return Snapshot(body, signature, record.total, final=record.closed, hidden=hidden)
+        return Snapshot(
+            body,
+            signature,
+            record.total,
+            final=record.closed,
+            hidden=hidden,
+            moderated=record.moderated,
+        )
 
     return read
 
