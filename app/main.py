@@ -65,6 +65,7 @@ def build_store(settings: Settings) -> Store:
             settings.redis_tls_ca_file,
             seeds=settings.cluster_seeds,
             durability=DurabilityPolicy(settings.durable_wait_ms, settings.min_replicas_acked),
+            allow_forgetful=settings.allow_nodes_without_persistence,
         )
     if not settings.nodes:
         return MemoryStore()

@@ -195,7 +195,8 @@ class Settings(BaseSettings):
     allow_nodes_without_persistence: bool = Field(
         False,
         description="Accept (with a warning, and in /health) a node without "
-        "appendonly yes (a replica does not count); by default start-up refuses it.",
+        "appendonly yes (on the ring a replica does not count; a cluster master with a "
+        "replica connected is accepted); by default start-up refuses it.",
     )
     journal_max_bytes: int = Field(
         64 << 20,

@@ -28,7 +28,9 @@ def _client(node: LocalNode) -> redis.Redis:
 class LocalCluster:
     """`masters` servers with cluster mode on, the slots split evenly between them; with
     `replicas`, that many replicas of each master (`CLUSTER REPLICATE`), kept apart in
-    `replica_nodes` (`nodes` are the masters as started)."""
+    `replica_nodes` (`nodes` are the masters as started). The masters numbered in
+    `forgetful` run with no persistence (`--appendonly no`): restarted, they come back
+    empty, still owning their slots."""
 
     masters: int = 3
     data_dir: Path | None = None
@@ -38,6 +40,7 @@ class LocalCluster:
     node_timeout_ms: int = 5000
     appendfsync: str = "everysec"  # tests take "always": WAITAOF then answers at once
     replica_nodes: list[LocalNode] = field(default_factory=list)
+    forgetful: tuple[int, ...] = ()
     scratch: list[Path] = field(default_factory=list, repr=False)  # removed by stop()
 
     @property
@@ -76,7 +79,8 @@ class LocalCluster:
         args += ["--maxmemory-policy", "noeviction"]
         if folder is None:  # a replica's full sync writes an RDB file: not in our cwd
             args += ["--dir", str(config_dir.resolve())]
-        node = LocalNode(port, folder, extra_args=args, appendfsync=self.appendfsync)
+        forgetful = index in self.forgetful
+        node = LocalNode(port, folder, args, forgetful=forgetful, appendfsync=self.appendfsync)
         self.nodes.append(node)  # stopped by stop() even if it fails to start
         node.start()
         self.nodes.pop()

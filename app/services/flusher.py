@@ -74,7 +74,9 @@ class Flusher:
         self.round_trips = 0  # store.apply calls: one pipeline to one node each
         self._units: dict[str, list[SealUnit]] = {}  # node -> units to seal before sending
         self.checked: set[str] = set()  # nodes whose eviction policy was checked
-        self.losses = LossLedger()  # nodes found to have lost confirmed batches
+        # Nodes found to have lost confirmed batches (a cluster store says which slot marks
+        # vouch for which part of a batch).
+        self.losses = LossLedger(getattr(store, "mark_places", None))
         self._resent: set[tuple[str, int, str]] = set()  # sent again: the cache has them
         self._again: set[str] = set()  # nodes whose list was just chained to their marks
         self._seq = 0
@@ -165,9 +167,12 @@ class Flusher:
 
     def _found_behind(self, node: str, exc: MarksBehind, batches: list[Batch]) -> None:
         """The node lost batches it confirmed: report it, send again what the journal still
-        holds of them (first), and chain the list to the node's marks from now on."""
-        held = self.journal.held(node, exc.marks) if self.journal is not None else []
-        self.losses.found_behind(node, exc.marks, held)
+        holds of them (first), and chain the list to the node's marks from now on (on a
+        cluster the store chains each slot to its mark itself)."""
+        held = []
+        if self.journal is not None:
+            held = self.journal.held(node, lambda b: self.losses.lost_votes(b, exc.places) > 0)
+        self.losses.found_behind(node, exc.places, held)
         self._resent.update(b.key for b in held)
         confirmed = self.last_confirmed.setdefault(node, {})
         for flusher_id, mark in exc.marks.items():

@@ -36,6 +36,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -493,15 +494,14 @@ class Journal:
                 self._sealed[path].waiting.discard(batch.key)
         self.retry_deletes()
 
-    def held(self, node: str, marks: dict[str, int]) -> list[Batch]:
+    def held(self, node: str, lost: Callable[[Batch], bool]) -> list[Batch]:
         """Batches the node confirmed that are still on disk here (their file waits for
-        other batches) and that are above the node's `marks` now: it lost them
-        (app/services/forgetting.py). They are waited for again, and returned to be sent."""
+        other batches) and that it `lost` (their mark there fell below them:
+        app/services/forgetting.py). They are waited for again, and returned to be sent."""
         found = []
         for path, sealed in self._sealed.items():
             for key, batch in sealed.batches.items():
-                mark = marks.get(batch.flusher_id)
-                if batch.node != node or mark is None or batch.seq <= mark:
+                if batch.node != node or not lost(batch):
                     continue
                 if key not in sealed.waiting:
                     sealed.waiting.add(key)

@@ -84,12 +84,28 @@ class NodeUnavailable(Exception):
         self.maybe_applied = maybe_applied
 
 
+# Where a mark is kept: a flusher's on a ring node (its id), or in one slot of a Redis
+# Cluster ((its id, the slot)): each is chained and found behind on its own.
+MarkPlace = str | tuple[str, int]
+
+
 class MarksBehind(NodeUnavailable):
     """The node's marks are below what it confirmed before: it lost data
-    (`app/services/forgetting.py`). `marks`: flusher id -> the mark the node has now."""
+    (`app/services/forgetting.py`). `marks`: flusher id -> the mark the node has now, where
+    a flusher has one mark per node (the ring; the flusher chains its next list to it);
+    `places`: every mark found behind, by where it is kept (on a cluster: per slot)."""
 
-    def __init__(self, node: str, safe_url: str, marks: dict[str, int]) -> None:
-        super().__init__(node, safe_url, f"its marks {marks} fell below what it confirmed")
+    def __init__(
+        self,
+        node: str,
+        safe_url: str,
+        marks: dict[str, int],
+        places: dict[MarkPlace, int] | None = None,
+    ) -> None:
+        self.places: dict[MarkPlace, int] = {k: v for k, v in (places or marks).items()}
+        shown = dict(list(self.places.items())[:5])
+        more = f" and {len(self.places) - 5} more" if len(self.places) > 5 else ""
+        super().__init__(node, safe_url, f"its marks {shown}{more} fell below what it confirmed")
         self.marks = marks
 
 

@@ -9,9 +9,13 @@ TRYAGAIN while a slot migrates):
   that hashes to that slot: each slot's part of a batch is applied with its own mark in one
   atomic step, so a retried batch adds nothing where its part had landed;
 - each part carries `prev`, the seq of the same flusher's last part for that slot earlier in
-  the same list, so a part that failed is never overtaken there;
+  the same list, so a part that failed is never overtaken there, or for the list's first
+  part in that slot, the last seq this process had confirmed there, so a master that
+  restarted empty refuses it and is reported as having lost data (cluster_marks.py);
 - an Idempotency-Key's markers are kept per poll (`poll:{<id>}:once:<day>`), so in its slot.
 A batch is confirmed when every part is stored and durable (app/storage/durability.py).
+At start every master must keep an append-only file or have a replica connected
+(`check_node`; persistence.py words the refusal).
 Every command goes through `MasterPipelines` (one pipeline per master, each command's own
 outcome; the slot map relearnt after a MOVED or a connection error, and every
 `REFRESH_SECONDS`), so a failed master holds only its own slots' parts. A read returns the
@@ -43,7 +47,16 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from app.core.nodes import NodeSpec, split_url
-from app.storage.base import Applied, Batch, Counts, NodeMisconfigured, NodeUnavailable, Snapshot
+from app.storage.base import (
+    Applied,
+    Batch,
+    Counts,
+    MarksBehind,
+    NodeMisconfigured,
+    NodeUnavailable,
+    Snapshot,
+)
+from app.storage.cluster_marks import SlotChains, by_slot, mark_places, slot_of
 from app.storage.cluster_pipeline import (
     ClusterClient,
     MasterPipelines,
@@ -53,6 +66,7 @@ from app.storage.cluster_pipeline import (
 )
 from app.storage.durability import DurabilityPolicy, weaker
 from app.storage.idempotency import IDEMPOTENCY_TTL, claim_key, once_args
+from app.storage.persistence import forgetful_masters
 from app.storage.redis_store import (
     APPLY,
     APPLY_ONCE,
@@ -97,19 +111,8 @@ def sha(script: str) -> str:
 SCRIPTS = {sha(s): s for s in (APPLY, APPLY_ONCE, READ, REGISTER)}
 
 
-def slot_of(poll_id: str) -> int:
-    return key_slot(poll_key(poll_id).encode())
-
-
 def mark_key(slot: int, flusher_id: str) -> str:
     return f"flusher:{{{slot_tags()[slot]}}}:{flusher_id}:hwm"
-
-
-def by_slot(counts: Counts) -> dict[int, Counts]:
-    parts: dict[int, Counts] = {}
-    for poll_id, options in counts.items():
-        parts.setdefault(slot_of(poll_id), {})[poll_id] = options
-    return parts
 
 
 class ClusterRedisStore:
@@ -122,8 +125,13 @@ class ClusterRedisStore:
         tls_ca_file: str = "",
         seeds: list[NodeSpec] | None = None,
         durability: DurabilityPolicy | None = None,
+        allow_forgetful: bool = False,
     ) -> None:
         self.spec = spec
+        self.allow_forgetful = allow_forgetful  # a master with no AOF and no replica: warn only
+        self.forgetful: dict[str, str] = {}  # LABEL -> why masters forget (accepted, /health)
+        self.chains = SlotChains()  # each slot's parts chained to what it confirmed
+        self.mark_places = mark_places  # where a batch's votes are kept (the loss ledger)
         options: dict[str, Any] = {}
         others = [split_url(seed.url) for seed in (seeds or [])[1:]]
         if others:  # the first seed's URL gives the options; any seed may answer first
@@ -220,7 +228,8 @@ class ClusterRedisStore:
         return list(self.cluster.get_primaries())
 
     async def check_node(self, node: str) -> None:
-        """Every master must run `maxmemory-policy noeviction`."""
+        """Every master must run `maxmemory-policy noeviction`, and keep an append-only file
+        or have a replica connected (or ALLOW_NODES_WITHOUT_PERSISTENCE: a warning)."""
         if not self._primaries():
             await self.call(LABEL, self.cluster.initialize())
         for master in self._primaries():
@@ -242,6 +251,20 @@ class ClusterRedisStore:
                     "counts; set maxmemory-policy noeviction",
                 )
         await self.learn_durability()
+        self._check_forgetful()
+
+    def _check_forgetful(self) -> None:
+        """From what `learn_durability` just read; a forgetful master refused, or said once."""
+        reasons = forgetful_masters(self.pipelines.promises, [m.name for m in self._primaries()])
+        if reasons and not self.allow_forgetful:
+            raise NodeMisconfigured(LABEL, self.spec.safe_url, reasons[0])
+        for reason in reasons:
+            if reason not in self.forgetful.get(LABEL, ""):
+                logger.warning("cluster %s", reason)
+        if reasons:
+            self.forgetful[LABEL] = "; ".join(reasons)
+        else:
+            self.forgetful.pop(LABEL, None)
 
     async def read(self, poll_id: str, flusher_ids: list[str]) -> Snapshot:
         slot = slot_of(poll_id)
@@ -258,10 +281,14 @@ class ClusterRedisStore:
         return Snapshot(counts, applied, via=self.served_via(poll_id))
 
     async def _run(self, commands: Iterable[tuple[Any, ...]], durable: bool = False) -> list[Any]:
-        """Commands in one pipeline per master. Scripts go by SHA; a master that does not
+        """Commands in one pipeline per master (`_replies`). If any part failed:
+        NodeUnavailable, which says "maybe applied" when any part ran or may have run."""
+        return self._all_or_raise(await self._replies(commands, durable))
+
+    async def _replies(self, commands: Iterable[tuple[Any, ...]], durable: bool) -> list[Any]:
+        """Each command's reply or its exception. Scripts go by SHA; a master that does not
         know one (new, or restarted) gets them all, and only the commands it refused are
-        sent again, so nothing runs twice. If any part failed: NodeUnavailable, which says
-        "maybe applied" when any part ran or may have run."""
+        sent again, so nothing runs twice."""
         todo = list(commands)
         replies = await self.pipelines.run(todo, durable)
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -270,6 +297,9 @@ class ClusterRedisStore:
             again = await self.pipelines.run([todo[i] for i in refused], durable)
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
+        return replies
+
+    def _all_or_raise(self, replies: list[Any]) -> list[Any]:
         failed = [reply for reply in replies if isinstance(reply, Exception)]
         if failed:
             error = self._unavailable(failed[0])
@@ -284,20 +314,24 @@ class ClusterRedisStore:
                 await self.call(LABEL, load)
 
     async def apply(self, batches: list[Batch]) -> Applied:
+        """Each slot's part chained as cluster_marks.py says; a slot found to have lost
+        parts it confirmed raises MarksBehind (even when other parts failed)."""
+        parts = self.chains.parts(batches)
         commands = []
-        last: dict[tuple[str, int], int] = {}  # (flusher, slot) -> seq of its last part
-        for batch in batches:
-            for slot, part in by_slot(batch.counts).items():
-                prev = last.get((batch.flusher_id, slot), 0)
-                last[batch.flusher_id, slot] = batch.seq
-                keys, args = script_args(part)
-                mark = mark_key(slot, batch.flusher_id)
-                commands.append(
-                    ("EVALSHA", sha(APPLY), len(keys) + 1, mark, *keys, batch.seq, prev, *args)
-                )
-        replies = await self._run(commands, durable=True)
+        for p in parts:
+            keys, args = script_args(p.counts)
+            mark = mark_key(p.slot, p.flusher_id)
+            commands.append(
+                ("EVALSHA", sha(APPLY), len(keys) + 1, mark, *keys, p.seq, p.prev, *args)
+            )
+        replies = await self._replies(commands, durable=True)
+        behind = self.chains.behind(parts, replies)
+        if behind:
+            raise MarksBehind(LABEL, self.spec.safe_url, {}, behind)
+        self._all_or_raise(replies)
         if any(reply[0] != 1 for reply in replies):  # only after a failed earlier part
             raise NodeUnavailable(LABEL, self.spec.safe_url, "an earlier batch has not landed")
+        self.chains.confirm(parts)
         for batch in batches:
             self.confirmed[batch.flusher_id] = max(
                 self.confirmed.get(batch.flusher_id, 0), batch.seq
@@ -398,6 +432,7 @@ class ClusterRedisStore:
     async def learn_durability(self) -> None:
         """Ask every master what it can promise (at start); logs each weaker promise."""
         for master in self._primaries():
+            self.pipelines.promises.pop(master.name, None)  # asked afresh
             with contextlib.suppress(*CLIENT_ERRORS):
                 found = await self.pipelines.promise(master)
                 for why in weaker(found, self.policy):

@@ -98,7 +98,11 @@ def weaker(promise: ServerPromise, policy: DurabilityPolicy) -> list[str]:
             "DURABLE_WAIT_SECONDS=0: writes count once the server ran them, not once durable"
         )
     if not promise.aof:
-        found.append("no AOF (appendonly no): a restart loses what no replica holds")
+        found.append(
+            "no AOF (appendonly no): a restart loses what no replica holds, a replica copies "
+            "the master restarted empty if it is not promoted first, and a power loss of "
+            "every node loses it all"
+        )
     elif not promise.waitaof:
         found.append(
             f"no WAITAOF (server {promise.version} < 7.2): the local fsync of a write is "

@@ -4,7 +4,12 @@ node that was down then), unless `ALLOW_NODES_WITHOUT_PERSISTENCE` is set, when 
 once per node instead. What is read: `CONFIG GET appendonly`. RDB snapshots alone do not
 count: every vote since the last snapshot is lost with the process. Nor does a replica: the
 ring store promotes none, and a node restarted empty is copied to its replicas, which then
-hold nothing either (`tests/test_forgetful_nodes.py`)."""
+hold nothing either (`tests/test_forgetful_nodes.py`).
+
+A Redis Cluster master counts as keeping its counts with an append-only file or with a
+replica connected (its replica is promoted when it dies); with neither it is refused the
+same way (`forgetful_masters`, read from INFO by app/storage/cluster_store.py,
+`tests/test_cluster_forgetful_masters.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import logging
 from typing import Any
 
 from redis.exceptions import ResponseError
+
+from app.storage.durability import ServerPromise
 
 logger = logging.getLogger("app.redis_store")
 
@@ -31,3 +38,20 @@ async def forgetful_reason(client: Any) -> str | None:
         "holds, and a replica of it then copies the empty restart (nothing promotes one); "
         "set appendonly yes, or set ALLOW_NODES_WITHOUT_PERSISTENCE=true to accept that"
     )
+
+
+def forgetful_masters(promises: dict[str, ServerPromise], masters: list[str]) -> list[str]:
+    """Why each cluster master with no append-only file and no replica connected (by what
+    it last said in INFO: `promises`) would forget its counts on a restart."""
+    reasons = []
+    for master in masters:
+        found = promises.get(master)
+        if found is None or not found.probed:
+            logger.warning("cluster master %s: cannot read its persistence; not checked", master)
+        elif not found.aof and found.replicas < 1:
+            reasons.append(
+                f"master {master}: it has no append-only file (appendonly no) and no replica "
+                "connected, so a restart loses every count it holds; set appendonly yes or "
+                "give it a replica, or set ALLOW_NODES_WITHOUT_PERSISTENCE=true to accept that"
+            )
+    return reasons
