@@ -80,7 +80,9 @@ class LocalCluster:
         if folder is None:  # a replica's full sync writes an RDB file: not in our cwd
             args += ["--dir", str(config_dir.resolve())]
         forgetful = index in self.forgetful
-        node = LocalNode(port, folder, args, forgetful=forgetful, appendfsync=self.appendfsync)
+        node = LocalNode(
+            port, folder, extra_args=args, forgetful=forgetful, appendfsync=self.appendfsync
+        )
         self.nodes.append(node)  # stopped by stop() even if it fails to start
         node.start()
         self.nodes.pop()
