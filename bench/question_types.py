@@ -100,33 +100,48 @@ def voter_memory(port: int, kind: str, voters: int) -> dict[str, float]:
     return {"used_memory_per_voter": (after - before) / voters, "keys_per_voter": usage / voters}
 
 
+# As shipped (each defined vote answered once its round trip is durable: WAIT + WAITAOF,
+# and the nodes fsync every second), and with DURABLE_WAIT_SECONDS=0, where the rate shows
+# what each type's script and parsing cost the worker.
+SETTINGS = {"as shipped": {}, "DURABLE_WAIT_SECONDS=0": {"DURABLE_WAIT_SECONDS": "0"}}
+
+
 def measure(nodes: list[LocalNode], log: Log) -> dict[str, Any]:
     env = {"REDIS_NODES": ",".join(f"n{i}={n.url}" for i, n in enumerate(nodes[:2]))}
-    service = UvicornProcess(env={**env, "API_TOKEN": TOKEN}, quiet=True)
-    try:
-        rates = vote_rates(service.wait_ready().url, log)
-    finally:
-        service.kill()
+    rates = {}
+    for name, extra in SETTINGS.items():
+        log(f"question types, {name}")
+        service = UvicornProcess(env={**env, "API_TOKEN": TOKEN, **extra}, quiet=True)
+        try:
+            rates[name] = vote_rates(service.wait_ready().url, log)
+        finally:
+            service.kill()
     memory = {kind: voter_memory(nodes[2].port, kind, MEMORY_VOTERS) for kind in POLLS}
     return {"rounds": ROUNDS, "seconds": SECONDS, "rates": rates, "memory": memory}
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
-    single = r["rates"]["single"]
+    names = list(r["rates"])
     lines = [
         f"Vote rate per type, one worker, {r['rounds']} rounds of {r['seconds']} s in turns "
-        "(ratio to `single` in the same round: min-max)",
+        "(ratio to `single` in the same round and setting: min-max); node memory per voter",
         "",
-        "| type | req/s per round | ratio to single (min-max) | bytes per voter: keys | "
-        "used_memory |",
-        "|---|---|---|---|---|",
+        "| type | "
+        + " | ".join(f"{n}: req/s per round | ratio to single" for n in names)
+        + " | bytes per voter: its keys | used_memory |",
+        "|---|" + "---|---|" * len(names) + "---|---|",
     ]
-    for kind, rates in r["rates"].items():
-        ratios = [rate / base for rate, base in zip(rates, single, strict=True)]
-        shown = ", ".join(f"{x:,.0f}" for x in rates)
-        per_voter = r["memory"][kind]["used_memory_per_voter"]
+    for kind in POLLS:
+        cells = []
+        for name in names:
+            rates, single = r["rates"][name][kind], r["rates"][name]["single"]
+            ratios = [rate / base for rate, base in zip(rates, single, strict=True)]
+            cells.append(", ".join(f"{x:,.0f}" for x in rates))
+            cells.append(f"**{min(ratios):.2f}-{max(ratios):.2f}**")
+        memory = r["memory"][kind]
         lines.append(
-            f"| {kind} | {shown} | {min(ratios):.2f}-{max(ratios):.2f} | {per_voter:.0f} |"
+            f"| {kind} | {' | '.join(cells)} | {memory['keys_per_voter']:.0f} | "
+            f"{memory['used_memory_per_voter']:.0f} |"
         )
     return lines
 

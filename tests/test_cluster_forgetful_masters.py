@@ -28,12 +28,11 @@ from app.devtools.uvicorn_process import UvicornProcess
 from app.services.health_report import health_report
 from app.services.journal import Journal
 from app.services.polling_service import PollingService
-from app.services.results_cache import ResultsCache
 from app.storage.base import Batch, MarksBehind, NodeMisconfigured, NodeUnavailable
 from app.storage.cluster_store import ClusterRedisStore, slot_of
 from app.storage.redis_store import aside_key, poll_key
 from tests.cluster_helpers import DEADLINE, master, poll_on, same_slot_polls, stored, wait_until
-from tests.conftest import running_app, settings_for
+from tests.conftest import running_app, service_for, settings_for
 
 REFUSED = "it has no append-only file (appendonly no) and no replica connected"
 
@@ -175,16 +174,7 @@ async def test_a_part_refused_behind_a_failed_part_of_its_own_list_is_no_loss(
 
 
 def service_on(cluster: LocalCluster, folder: Path) -> PollingService:
-    return PollingService(
-        store_on(cluster, allow=True),
-        batch_interval=3600,
-        batch_max_votes=10**9,
-        cache=ResultsCache(0, 100),
-        max_options_per_poll=10,
-        max_pending_pairs_per_node=1000,
-        shutdown_flush_seconds=0,
-        journal=Journal(folder, "off"),
-    )
+    return service_for(store_on(cluster, allow=True), journal=Journal(folder, "off"))
 
 
 def cluster_ok(node: LocalNode) -> bool:

@@ -20,10 +20,9 @@ from app.services.errors import VoteRejected
 from app.services.health_report import health_report
 from app.services.journal import Journal
 from app.services.polling_service import PollingService
-from app.services.results_cache import ResultsCache
 from app.storage.base import NodeMisconfigured
 from app.storage.redis_store import ShardedRedisStore
-from tests.conftest import stored_counts
+from tests.conftest import service_for, stored_counts
 from tests.faults import abandon
 
 
@@ -51,15 +50,8 @@ def test_a_node_with_aof_starts(start_node: Callable[..., LocalNode]) -> None:
 
 def service_on(nodes: list[LocalNode], folder: Path) -> PollingService:
     specs = [NodeSpec(f"n{i}", node.url) for i, node in enumerate(nodes)]
-    return PollingService(
-        ShardedRedisStore(specs, 100, 2.0, allow_forgetful=True),
-        batch_interval=3600,
-        batch_max_votes=10**9,
-        cache=ResultsCache(0, 100),
-        max_options_per_poll=10,
-        max_pending_pairs_per_node=1000,
-        shutdown_flush_seconds=0,
-        journal=Journal(folder, "off"),
+    return service_for(
+        ShardedRedisStore(specs, 100, 2.0, allow_forgetful=True), journal=Journal(folder, "off")
     )
 
 

@@ -76,9 +76,22 @@ async def adhoc_results(
 
 
 def results_signature(record: PollRecord) -> tuple[object, ...]:
-    """What a defined poll's public results depend on, hidden words included (hiding one
-    changes no count, so not the version); the stream's reader uses the same."""
+    """What a defined poll's public results depend on, hidden words included."""
     return (tuple(sorted(record.counts.items())), record.closed, tuple(sorted(record.hidden)))
+
+
+def public_snapshot(polls: DefinedPolls, record: PollRecord) -> Snapshot:
+    """A defined poll's public results as one state (the results endpoint's body), for the
+    cache and the live streams alike."""
+    served_via = polls.store.served_via(record.definition.poll_id)
+    return Snapshot(
+        handlers.encode(defined.results_payload(record, served_via)),
+        results_signature(record),
+        record.total,
+        final=record.closed,
+        hidden=not defined.results_visible(record, organiser=False),
+        moderated=record.moderated,
+    )
 
 
 def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
@@ -90,17 +103,7 @@ def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
             record = await polls.load(poll_id)
         except VoteRejected as exc:
             raise ReadFailed(rejected_reply(exc)) from exc
-        body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
-        hidden = not defined.results_visible(record, organiser=False)
-        signature = results_signature(record)
-        return Snapshot(
-            body,
-            signature,
-            record.total,
-            final=record.closed,
-            hidden=hidden,
-            moderated=record.moderated,
-        )
+        return public_snapshot(polls, record)
 
     return read
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.api import cacheable, defined, handlers
+from app.api import cacheable, handlers
 from app.api.deps import DefinedDep, ServiceDep, SettingsDep
 from app.api.grip_streams import grip_publishers, grip_stream
 from app.api.handlers import invalid_reply, json_reply, rejected_reply
@@ -98,18 +98,7 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
                     recorded = record.total
             except VoteRejected:
                 pass  # the next read tries again
-        body = handlers.encode(defined.results_payload(record, polls.store.served_via(poll_id)))
-        # hidden words change what subscribers see without changing a count
-        signature = cacheable.results_signature(record)
-        hidden = not defined.results_visible(record, organiser=False)
-        return Snapshot(
-            body,
-            signature,
-            record.total,
-            final=record.closed,
-            hidden=hidden,
-            moderated=record.moderated,
-        )
+        return cacheable.public_snapshot(polls, record)
 
     return read
 
