@@ -506,3 +506,12 @@ async def test_a_reopened_or_changed_poll_has_a_higher_version_and_reads_open_on
         renamed = await b.get("/api/v1/polls/talk/results", headers=AUTH)
         assert renamed.json()["question"] == "Which one?"
         assert etag_version(renamed) > etag_version(reopened)
+
+
+async def test_a_closed_poll_reopens_on_the_memory_store() -> None:
+    async with running_app(settings_for(None, api_token=TOKEN)) as (client, _):
+        assert (await create(client)).status_code == 201
+        assert (await client.post("/api/v1/polls/talk/close", headers=AUTH)).status_code == 200
+        reopened = await client.post("/api/v1/polls/talk/reopen", headers=AUTH)
+        assert reopened.status_code == 200 and reopened.json()["state"] == "open"
+        assert await vote(client, "v1", "A") == 200  # counted once it is open again
