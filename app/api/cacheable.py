@@ -100,6 +100,7 @@ def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
             final=record.closed,
             hidden=hidden,
             moderated=record.moderated,
+            redefined=record.redefined,
         )
 
     return read

@@ -48,6 +48,7 @@ class Snapshot:
     hidden: bool = False  # only the organiser may see it
     empty: bool = False  # no such poll yet (an ad-hoc poll without votes)
     moderated: int = 0  # words entries hidden or shown again so far: only grows
+    redefined: int = 0  # definition changes so far (a PATCH, a reopen): only grows
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,15 @@ RECENT_POLLS = 10_000
 
 
 def version_of(snapshot: Snapshot) -> int:
-    """4 x (the votes counted + the times a words entry was hidden or shown again), + 2 once
-    closed, + 1 once visible to everyone. Each part only grows (votes are never taken back,
-    the moderation count only goes up, a closed poll stays closed, revealed results stay
-    revealed); after the close only a hide changes the state, and it adds 4. So a later
-    state always has a higher version, and the same state the same version on every
-    instance (the Pushpin publisher publishes only a higher version)."""
-    moves = snapshot.total + snapshot.moderated
+    """4 x (the votes counted + the times a words entry was hidden or shown again + the
+    times the definition changed), + 2 once closed, + 1 once visible to everyone. The
+    counts only grow (votes are never taken back, hides and changes only counted up) and
+    revealed results stay revealed. A closed poll opens again only by a reopen, a change of
+    the definition: it adds 4 where the close's 2 goes, and after the close only a hide or
+    a change alters the state, each adding 4. So a later state always has a higher version,
+    and the same state the same version on every instance (the Pushpin publisher publishes
+    only a higher version)."""
+    moves = snapshot.total + snapshot.moderated + snapshot.redefined
     return moves * 4 + 2 * snapshot.final + (not snapshot.hidden)
 
 

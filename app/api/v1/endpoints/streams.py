@@ -109,6 +109,7 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
             final=record.closed,
             hidden=hidden,
             moderated=record.moderated,
+            redefined=record.redefined,
         )
 
     return read
