@@ -101,6 +101,7 @@ def defined_snapshot(polls: DefinedPolls, poll_id: str) -> Reader:
             hidden=hidden,
             moderated=record.moderated,
             redefined=record.redefined,
+            made_at=record.definition.created_at,
         )
 
     return read

@@ -49,6 +49,7 @@ class Snapshot:
     empty: bool = False  # no such poll yet (an ad-hoc poll without votes)
     moderated: int = 0  # words entries hidden or shown again so far: only grows
     redefined: int = 0  # definition changes so far (a PATCH, a reopen): only grows
+    made_at: int = 0  # a defined poll's created_at: one made again with its id starts over
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,12 @@ def version_of(snapshot: Snapshot) -> int:
     return moves * 4 + 2 * snapshot.final + (not snapshot.hidden)
 
 
+def order(state: ReadState) -> tuple[int, int]:
+    """Which of two states of a poll id is the later: a later-made poll, then a higher
+    version."""
+    return state.snapshot.made_at, state.version
+
+
 @dataclass(frozen=True)
 class ReadState:
     snapshot: Snapshot
@@ -71,10 +77,12 @@ class ReadStates:
         self._states.pop(key, None)
 
     def put(self, key: str, snapshot: Snapshot) -> ReadState:
-        """Remember a state just read; never one behind the one remembered."""
+        """Remember a state just read; never one behind the one remembered: of the same
+        poll a lower version, or one of a poll deleted since (a poll made again with its id
+        starts over at a low version)."""
         state = ReadState(snapshot, version_of(snapshot), self.clock())
         known = self._states.pop(key, None)
-        if known is not None and known.version > state.version:
+        if known is not None and order(known) > order(state):
             state = ReadState(known.snapshot, known.version, state.read_at)
         if len(self._states) >= self.max_polls:
             self._states.popitem(last=False)

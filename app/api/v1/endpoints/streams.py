@@ -110,6 +110,7 @@ def defined_reader(polls: DefinedPolls, poll_id: str) -> Reader:
             hidden=hidden,
             moderated=record.moderated,
             redefined=record.redefined,
+            made_at=record.definition.created_at,
         )
 
     return read
