@@ -50,6 +50,12 @@ async def check_rules(leases: PollLeases, expire: object) -> None:
     assert await leases.hold("p", "def", "b", 10_000) == NOBODY
     await leases.watch("p", "def", 60_000)
     assert await leases.hold("p", "def", "a", 10_000) == LEADER  # b let it go
+    # a poll made again with the id of a deleted one (made later) starts over at low
+    # versions; a state of the deleted poll is never published after it
+    assert await leases.claim("p", "def", "a", 1, made=2)
+    assert not await leases.claim("p", "def", "a", 1, made=2)
+    assert not await leases.claim("p", "def", "a", 10, made=1)
+    assert await leases.claim("p", "def", "a", 2, made=2)
 
 
 async def test_lease_rules_on_a_node(start_node: NodeFactory) -> None:
