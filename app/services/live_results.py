@@ -11,8 +11,7 @@ over the bound past `stall_seconds` is closed. A poll whose state is empty (an a
 with no votes) is read every `empty_interval` seconds rather than every interval.
 
 Tables are bounded: `recent` and `reads` keep the last `RECENT_POLLS` polls; publishers
-leave with their last subscriber.
-"""
+leave with their last subscriber."""
 
 from __future__ import annotations
 
