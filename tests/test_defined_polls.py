@@ -479,3 +479,63 @@ async def test_a_closed_poll_reopens_only_while_nobody_has_answered(
         results = (await client.get("/api/v1/polls/answered/results", headers=AUTH)).json()
         assert results["state"] == "closed" and results["total_votes"] == 1  # unchanged
         assert (await client.post("/api/v1/polls/talk/reopen")).status_code in (401, 403)
+
+
+def etag_version(response: httpx.Response) -> int:
+    """The state's version in a defined poll's weak ETag `W/"<version>.<digest>"`."""
+    return int(response.headers["etag"].removeprefix('W/"').split(".")[0])
+
+
+async def test_a_reopened_or_changed_poll_has_a_higher_version_and_reads_open_on_every_instance(
+    two_nodes: list[LocalNode],
+) -> None:
+    # Instance B remembers the closed state; A reopens the poll. B must then answer it open,
+    # and each change (the reopen, a new question before any vote) a higher version.
+    settings = settings_for(two_nodes, api_token=TOKEN, results_max_age_seconds=0)
+    async with running_app(settings) as (a, _), running_app(settings) as (b, _):
+        assert (await create(a)).status_code == 201
+        assert (await a.post("/api/v1/polls/talk/close", headers=AUTH)).status_code == 200
+        closed = await b.get("/api/v1/polls/talk/results", headers=AUTH)
+        assert closed.json()["state"] == "closed"
+        assert (await a.post("/api/v1/polls/talk/reopen", headers=AUTH)).status_code == 200
+        reopened = await b.get("/api/v1/polls/talk/results", headers=AUTH)
+        assert (reopened.json()["state"], reopened.json()["final"]) == ("open", False)
+        assert etag_version(reopened) > etag_version(closed)
+        changed = await a.patch("/api/v1/polls/talk", json={"question": "Which one?"}, headers=AUTH)
+        assert changed.status_code == 200
+        renamed = await b.get("/api/v1/polls/talk/results", headers=AUTH)
+        assert renamed.json()["question"] == "Which one?"
+        assert etag_version(renamed) > etag_version(reopened)
+
+
+async def test_a_closed_poll_reopens_on_the_memory_store() -> None:
+    async with running_app(settings_for(None, api_token=TOKEN)) as (client, _):
+        assert (await create(client)).status_code == 201
+        assert (await client.post("/api/v1/polls/talk/close", headers=AUTH)).status_code == 200
+        reopened = await client.post("/api/v1/polls/talk/reopen", headers=AUTH)
+        assert reopened.status_code == 200 and reopened.json()["state"] == "open"
+        assert await vote(client, "v1", "A") == 200  # counted once it is open again
+
+
+async def test_a_poll_made_again_after_its_event_was_deleted_reads_afresh_on_every_instance(
+    two_nodes: list[LocalNode],
+) -> None:
+    # Instance B remembers the first poll "talk" with votes; its event is deleted on A and a
+    # poll with the same id made again: B must answer the new poll, not the deleted one.
+    settings = settings_for(two_nodes, api_token=TOKEN, results_max_age_seconds=0)
+    async with running_app(settings) as (a, _), running_app(settings) as (b, _):
+        for attempt in ("first", "second"):
+            made = await a.post("/api/v1/events", json={"title": attempt}, headers=AUTH)
+            event_id = made.json()["event_id"]
+            question = {**POLL, "question": f"The {attempt} question?"}
+            added = await a.post(f"/api/v1/events/{event_id}/polls", json=question, headers=AUTH)
+            assert added.status_code == 201
+            if attempt == "first":
+                for who in ("v1", "v2", "v3"):
+                    assert await vote(a, who, "A") == 200
+                old = (await b.get("/api/v1/polls/talk/results", headers=AUTH)).json()
+                assert old["total_votes"] == 3
+                deleted = await a.delete(f"/api/v1/events/{event_id}", headers=AUTH)
+                assert deleted.status_code == 204
+        new = (await b.get("/api/v1/polls/talk/results", headers=AUTH)).json()
+        assert (new["question"], new["total_votes"]) == ("The second question?", 0)

@@ -50,6 +50,12 @@ async def check_rules(leases: PollLeases, expire: object) -> None:
     assert await leases.hold("p", "def", "b", 10_000) == NOBODY
     await leases.watch("p", "def", 60_000)
     assert await leases.hold("p", "def", "a", 10_000) == LEADER  # b let it go
+    # a poll made again with the id of a deleted one (made later) starts over at low
+    # versions; a state of the deleted poll is never published after it
+    assert await leases.claim("p", "def", "a", 1, made=2)
+    assert not await leases.claim("p", "def", "a", 1, made=2)
+    assert not await leases.claim("p", "def", "a", 10, made=1)
+    assert await leases.claim("p", "def", "a", 2, made=2)
 
 
 async def test_lease_rules_on_a_node(start_node: NodeFactory) -> None:
@@ -79,20 +85,26 @@ async def test_lease_rules_in_memory() -> None:
     await check_rules(leases, expire)
 
 
-def snapshot(total: int, final: bool = False, hidden: bool = False, moderated: int = 0) -> Snapshot:
-    return Snapshot(b"{}", total, total, final=final, hidden=hidden, moderated=moderated)
+def snapshot(
+    total: int, final: bool = False, hidden: bool = False, moderated: int = 0, redefined: int = 0
+) -> Snapshot:
+    return Snapshot(
+        b"{}", total, total, final=final, hidden=hidden, moderated=moderated, redefined=redefined
+    )
 
 
 def test_versions_only_grow_along_a_polls_life() -> None:
     life = [
         snapshot(0, hidden=True),
-        snapshot(3, hidden=True),
-        snapshot(3),  # revealed
-        snapshot(7),
-        snapshot(7, moderated=1),  # a words entry hidden
-        snapshot(7, moderated=2),  # and shown again
-        snapshot(7, final=True, moderated=2),  # closed
-        snapshot(7, final=True, moderated=3),  # hidden after the close
+        snapshot(0, final=True, hidden=True),  # closed by mistake
+        snapshot(0, hidden=True, redefined=1),  # reopened
+        snapshot(3, hidden=True, redefined=1),
+        snapshot(3, redefined=1),  # revealed
+        snapshot(7, redefined=1),
+        snapshot(7, moderated=1, redefined=1),  # a words entry hidden
+        snapshot(7, moderated=2, redefined=1),  # and shown again
+        snapshot(7, final=True, moderated=2, redefined=1),  # closed
+        snapshot(7, final=True, moderated=3, redefined=1),  # hidden after the close
     ]
     versions = [version_of(s) for s in life]
     assert versions == sorted(set(versions))

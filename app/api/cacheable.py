@@ -91,6 +91,8 @@ def public_snapshot(polls: DefinedPolls, record: PollRecord) -> Snapshot:
         final=record.closed,
         hidden=not defined.results_visible(record, organiser=False),
         moderated=record.moderated,
+        redefined=record.redefined,
+        made_at=record.definition.created_at,
     )
 
 

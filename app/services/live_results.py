@@ -11,8 +11,7 @@ over the bound past `stall_seconds` is closed. A poll whose state is empty (an a
 with no votes) is read every `empty_interval` seconds rather than every interval.
 
 Tables are bounded: `recent` and `reads` keep the last `RECENT_POLLS` polls; publishers
-leave with their last subscriber.
-"""
+leave with their last subscriber."""
 
 from __future__ import annotations
 
@@ -48,6 +47,8 @@ class Snapshot:
     hidden: bool = False  # only the organiser may see it
     empty: bool = False  # no such poll yet (an ad-hoc poll without votes)
     moderated: int = 0  # words entries hidden or shown again so far: only grows
+    redefined: int = 0  # definition changes so far (a PATCH, a reopen): only grows
+    made_at: int = 0  # a defined poll's created_at: one made again with its id starts over
 
 
 @dataclass(frozen=True)

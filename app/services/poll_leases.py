@@ -41,12 +41,20 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
 return 1
 """
 
-# KEYS = lease, published; ARGV = owner, version, ttl ms. 1: this owner publishes `version`.
+# KEYS = lease, published; ARGV = owner, version, ttl ms, made (the poll's created_at). 1:
+# this owner publishes `version`. `published` holds "<made>:<version>" (or a bare version:
+# made 0); a poll made again with a deleted one's id (made later) starts over at low versions.
 CLAIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if last >= tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+local made, version = tonumber(ARGV[4]), tonumber(ARGV[2])
+local last = redis.call('GET', KEYS[2])
+if last then
+  local m, v = string.match(last, '^(%d+):(%d+)$')
+  if not m then m, v = '0', last end
+  m, v = tonumber(m), tonumber(v)
+  if m > made or (m == made and v >= version) then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[4] .. ':' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
@@ -56,8 +64,9 @@ class PollLeases(Protocol):
         """Take or renew the lease while someone watches: NOBODY, FOLLOWER or LEADER."""
         ...
 
-    async def claim(self, poll_id: str, kind: str, owner: str, version: int) -> bool:
-        """True once per version, for the lease's holder, if no higher one was published."""
+    async def claim(self, poll_id: str, kind: str, owner: str, version: int, made: int = 0) -> bool:
+        """True once per version, for the lease's holder, if no higher one was published
+        for a poll made at `made` (a defined poll's created_at) or later."""
         ...
 
     async def watch(self, poll_id: str, kind: str, ttl_ms: int) -> None:
@@ -83,9 +92,9 @@ class RedisPollLeases:
         lease, watched, _ = lease_keys(poll_id, kind)
         return int(await self._eval(poll_id, HOLD, [lease, watched], owner, str(ttl_ms)))
 
-    async def claim(self, poll_id: str, kind: str, owner: str, version: int) -> bool:
+    async def claim(self, poll_id: str, kind: str, owner: str, version: int, made: int = 0) -> bool:
         lease, _, published = lease_keys(poll_id, kind)
-        args = (owner, str(version), str(PUBLISHED_TTL_MS))
+        args = (owner, str(version), str(PUBLISHED_TTL_MS), str(made))
         return bool(await self._eval(poll_id, CLAIM, [lease, published], *args))
 
     async def watch(self, poll_id: str, kind: str, ttl_ms: int) -> None:
@@ -126,12 +135,14 @@ class MemoryPollLeases:
             return LEADER
         return FOLLOWER
 
-    async def claim(self, poll_id: str, kind: str, owner: str, version: int) -> bool:
+    async def claim(self, poll_id: str, kind: str, owner: str, version: int, made: int = 0) -> bool:
         lease, _, published = lease_keys(poll_id, kind)
         last = self._get(published)
-        if self._get(lease) != owner or (last is not None and int(last) >= version):
+        if self._get(lease) != owner:
             return False
-        self._set(published, str(version), PUBLISHED_TTL_MS)
+        if last is not None and tuple(map(int, last.split(":"))) >= (made, version):
+            return False
+        self._set(published, f"{made}:{version}", PUBLISHED_TTL_MS)
         return True
 
     async def watch(self, poll_id: str, kind: str, ttl_ms: int) -> None:

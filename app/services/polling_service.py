@@ -192,7 +192,10 @@ class PollingService:
             raise ShuttingDown("the service is shutting down and takes no more votes")
 
     async def confirm_ring(self) -> None:
-        """Before a write that goes to a node at once: this instance still holds its ring."""
+        """Before a write that goes to a node at once (or a "no such poll"): this instance
+        still holds its ring. Raises ShuttingDown when it does not, or when it is stopping
+        (then its leases are being let go: a lease round now would take them again)."""
+        self._check_accepting()
         if self.lease is not None and not await self.lease.confirm():
             self._check_accepting()  # raises: `_lost_ring` has run
 

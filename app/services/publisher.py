@@ -87,7 +87,10 @@ class GripPublishers:
                         state = await self.states.refresh(key, read)
                         if state.version > published:
                             published = state.version
-                            if await self.leases.claim(poll_id, kind, self.owner, state.version):
+                            made = state.snapshot.made_at
+                            if await self.leases.claim(
+                                poll_id, kind, self.owner, state.version, made
+                            ):
                                 await self.pushpin.publish(
                                     Event(
                                         key, state.version, event_frame(state), state.snapshot.final

@@ -20,14 +20,22 @@ RECENT_POLLS = 10_000
 
 
 def version_of(snapshot: Snapshot) -> int:
-    """4 x (the votes counted + the times a words entry was hidden or shown again), + 2 once
-    closed, + 1 once visible to everyone. Each part only grows (votes are never taken back,
-    the moderation count only goes up, a closed poll stays closed, revealed results stay
-    revealed); after the close only a hide changes the state, and it adds 4. So a later
-    state always has a higher version, and the same state the same version on every
-    instance (the Pushpin publisher publishes only a higher version)."""
-    moves = snapshot.total + snapshot.moderated
+    """4 x (the votes counted + the times a words entry was hidden or shown again + the
+    times the definition changed), + 2 once closed, + 1 once visible to everyone. The
+    counts only grow (votes are never taken back, hides and changes only counted up) and
+    revealed results stay revealed. A closed poll opens again only by a reopen, a change of
+    the definition: it adds 4 where the close's 2 goes, and after the close only a hide or
+    a change alters the state, each adding 4. So a later state always has a higher version,
+    and the same state the same version on every instance (the Pushpin publisher publishes
+    only a higher version)."""
+    moves = snapshot.total + snapshot.moderated + snapshot.redefined
     return moves * 4 + 2 * snapshot.final + (not snapshot.hidden)
+
+
+def order(state: ReadState) -> tuple[int, int]:
+    """Which of two states of a poll id is the later: a later-made poll, then a higher
+    version."""
+    return state.snapshot.made_at, state.version
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,12 @@ class ReadStates:
         self._states.pop(key, None)
 
     def put(self, key: str, snapshot: Snapshot) -> ReadState:
-        """Remember a state just read; never one behind the one remembered."""
+        """Remember a state just read; never one behind the one remembered: of the same
+        poll a lower version, or one of a poll deleted since (a poll made again with its id
+        starts over at a low version)."""
         state = ReadState(snapshot, version_of(snapshot), self.clock())
         known = self._states.pop(key, None)
-        if known is not None and known.version > state.version:
+        if known is not None and order(known) > order(state):
             state = ReadState(known.snapshot, known.version, state.read_at)
         if len(self._states) >= self.max_polls:
             self._states.popitem(last=False)

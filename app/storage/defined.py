@@ -83,6 +83,7 @@ class PollRecord:
     hidden: frozenset[str] = frozenset()  # words the organiser hid from public views
     started_at: int | None = None  # when it first became its event's current poll (ms)
     moderated: int = 0  # times an entry was hidden or shown again: only grows
+    redefined: int = 0  # times the definition was changed (a PATCH, a reopen): only grows
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,7 @@ def decode_record(
         int(raw.get("total", 0)),
         started_at=int(raw["started_at"]) if raw.get("started_at") else None,
         moderated=int(raw.get("moderated") or 0),
+        redefined=int(raw.get("redefined") or 0),
     )
 
 

@@ -30,6 +30,7 @@ class _Poll:
     hidden: set[str] = field(default_factory=set)
     started_at: int | None = None
     moderated: int = 0
+    redefined: int = 0
     history: list[tuple[int, int, str]] = field(default_factory=list)  # (total, ms, JSON)
 
 
@@ -76,6 +77,7 @@ class MemoryDefinedStore:
             frozenset(poll.hidden),
             poll.started_at,
             poll.moderated,
+            poll.redefined,
         )
 
     async def vote(self, poll_id: str, votes: list[DefinedVote]) -> list[str]:
@@ -201,4 +203,7 @@ class MemoryDefinedStore:
                     return name
         stored.update(fields)
         poll.definition = decode_record(poll_id, stored, {}, 0).definition
+        if "state" in fields:  # kept apart from the definition here (see `set_state`)
+            poll.closed = fields["state"] == "closed"
+        poll.redefined += 1
         return None

@@ -31,7 +31,8 @@ return 1
 
 
 # KEYS[1] = the definition; ARGV[1] = n, ARGV[2..n+1] = the locked fields, then field,
-# value pairs. {'ok'}, {'locked', field} (nothing set) or {'missing'}.
+# value pairs. {'ok'}, {'locked', field} (nothing set) or {'missing'}. A change counts in
+# 'redefined' (only grows), which the state's version counts (a reopen, a new question).
 REDEFINE = """
 if redis.call('HGET', KEYS[1], 'question') == false then return {'missing'} end
 local n = tonumber(ARGV[1])
@@ -44,5 +45,6 @@ for i = n + 2, #ARGV, 2 do
   end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, n + 2))
+redis.call('HINCRBY', KEYS[1], 'redefined', 1)
 return {'ok'}
 """
