@@ -25,6 +25,8 @@ from bench.wrk import run_wrk
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 MEMORY_VOTERS = int(os.environ.get("BENCH_TYPE_VOTERS", "100000"))
+# The nodes' fsync policy: everysec (as `make run` starts them) or always.
+APPENDFSYNC = os.environ.get("BENCH_APPENDFSYNC", "everysec")
 OPTIONS = [{"id": o, "label": o} for o in "ABC"]
 POLLS: dict[str, dict[str, Any]] = {
     "single": {"type": "single", "options": OPTIONS},
@@ -147,7 +149,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    nodes = [LocalNode(free_port()).start() for _ in range(3)]
+    nodes = [LocalNode(free_port(), appendfsync=APPENDFSYNC).start() for _ in range(3)]
     try:
         report = measure(nodes, log)
     finally:

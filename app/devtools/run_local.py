@@ -61,11 +61,14 @@ def local_node(spec: NodeSpec) -> LocalNode | None:
     if url.userinfo is not None:  # `user:password` or a lone password (as redis-py takes it)
         password = unquote(url.userinfo.partition(":")[2] or url.userinfo)
     port = int(url.port or 6379)
-    return LocalNode(port, DATA_DIR / f"node-{port}", password)
+    # appendfsync always: the service waits (WAITAOF) for each write to be on disk before
+    # it answers a defined vote; with everysec that wait lasts until the node's next
+    # second (docs/operations.md, "Node fsync")
+    return LocalNode(port, DATA_DIR / f"node-{port}", password, appendfsync="always")
 
 
 def run_on_cluster(port: int) -> None:
-    cluster = LocalCluster(3, DATA_DIR / "cluster", CLUSTER_PORTS)
+    cluster = LocalCluster(3, DATA_DIR / "cluster", CLUSTER_PORTS, appendfsync="always")
     os.environ["REDIS_CLUSTER_URL"] = f"redis://127.0.0.1:{CLUSTER_PORTS[0]}"
     os.environ.setdefault("JOURNAL_DIR", str(DATA_DIR / "journal-cluster"))
     settings = settings_or_exit()
