@@ -51,6 +51,7 @@ OWN_CLUSTERS = {
     "all masters stop": (1, False, 0),
     "bulk, master killed": (3, False, 0),
     "master failed": (3, False, 0),
+    "held list, master dead": (3, False, 0),
     "master restarted": (3, True, 0),
 }
 OwnCluster = Callable[[str], LocalCluster]
@@ -260,6 +261,49 @@ async def test_one_master_failed_other_masters_polls_keep_landing_and_health_say
         held = service.flusher.in_flight_votes()
     assert all(a == (200, False, {"A": 2}) for a in answers.values()), answers
     assert held == 0, (held, service.flusher.down)  # the live masters' parts landed
+
+
+async def test_while_a_held_list_waits_for_a_dead_master_new_votes_of_the_others_land(
+    own_cluster: OwnCluster,
+) -> None:
+    """A list whose part for a killed master (no replica) cannot land is held and retried;
+    votes that come meanwhile for the other masters' polls join it as new batches and land
+    with the next flush (before: they waited in the buffer until the dead master came back,
+    for good if it never did). Once the master is back, everything is counted once."""
+    own = own_cluster("held list, master dead")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+            c.config_set("appendfsync", "always")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+    async with app_answering_500s(
+        settings(own, cache_ttl_seconds=0, redis_timeout_seconds=0.5)
+    ) as (client, service):
+        for poll_id in [*doomed, *live]:
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200
+        dead.kill()
+        await service.flusher.flush()  # the dead master's part fails: the list is held
+        assert service.flusher.in_flight_votes() == len(doomed) + len(live)
+        for rounds in range(1, 3):  # new votes for the live masters, a flush each time
+            for poll_id in live:
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "B"})
+                assert r.status_code == 200
+            await service.flusher.flush()
+            on_nodes = {p: stored(own, p) for p in live}
+            assert on_nodes == {p: {"A": 1, "B": rounds} for p in live}, on_nodes
+        assert service.flusher.in_flight_votes() > 0  # still held for the dead master
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while service.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await service.flusher.flush()
+    assert {p: stored(own, p) for p in live} == {p: {"A": 1, "B": 2} for p in live}
+    assert {p: stored(own, p) for p in doomed} == {p: {"A": 1} for p in doomed}
 
 
 async def test_a_master_killed_mid_flush_and_restarted_counts_every_vote_once(

@@ -42,7 +42,8 @@ class Flusher:
     sent only once sealed (on disk with its ids): a seal that fails is retried first on the
     next flush. Until the node confirms the list, the same batches (same ids, same
     contents) are retried on every flush and the node's new votes wait in its buffer; other
-    nodes carry on. Only once the store confirms a list do its votes leave "in flight", and
+    nodes carry on. On a store with `extends_held` (the cluster: one logical node over
+    several masters) the new votes join the held list as new batches instead. Only once the store confirms a list do its votes leave "in flight", and
     `on_landed` runs in that same synchronous step.
     """
 
@@ -158,6 +159,21 @@ class Flusher:
             self._units[node] = [SealUnit(batches, self.journal.detach(node))]
         return batches
 
+    def _take_more(self, node: str) -> list[Batch]:
+        """The held list with the buffer's new votes added as new batches. Only for a store
+        that takes a list part by part (`extends_held`: the cluster, whose masters each run
+        their own parts, skipping by their per-slot marks what already landed): so a dead
+        master holds only its own slots' votes, and new votes for the live masters land
+        with the next flush instead of waiting for the held list."""
+        counts = self.buffers[node].swap()
+        more = self.next_batches(node, counts)
+        batches = chain([*self.in_flight[node], *more])
+        self.in_flight[node] = batches
+        self.held_pairs[node] = sum(b.pairs for b in batches)
+        if self.journal is not None:
+            self._units.setdefault(node, []).append(SealUnit(more, self.journal.detach(node)))
+        return batches
+
     def _carried(self, node: str) -> dict[str, int]:
         """Where a new list's chain starts: on a store whose marks are per node, at the last
         batch the node confirmed, so a node that lost it refuses and says so."""
@@ -239,7 +255,11 @@ class Flusher:
     async def _flush_node(self, node: str) -> tuple[int, int]:
         if node in self.down or node in self.unsealed:
             self.retries[node] = self.retries.get(node, 0) + 1
-        batches = self.in_flight.get(node) or self._take(node)
+        batches = self.in_flight.get(node)
+        if batches and self.buffers[node].votes and getattr(self.store, "extends_held", False):
+            batches = self._take_more(node)
+        elif not batches:
+            batches = self._take(node)
         if not batches or not self._sealed(node):
             return 0, 0
         sent = await self._send(node, batches)

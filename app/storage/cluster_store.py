@@ -118,6 +118,10 @@ def mark_key(slot: int, flusher_id: str) -> str:
 class ClusterRedisStore:
     """The `Store` on a Redis Cluster; also the node clients the defined-poll store uses."""
 
+    # A held list may take new batches: each master runs its own parts, and a part that
+    # already landed is skipped by its slot's mark (app/services/flusher.py, `_take_more`).
+    extends_held = True
+
     def __init__(
         self,
         spec: NodeSpec,
