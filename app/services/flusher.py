@@ -43,8 +43,9 @@ class Flusher:
     next flush. Until the node confirms the list, the same batches (same ids, same
     contents) are retried on every flush and the node's new votes wait in its buffer; other
     nodes carry on. On a store with `extends_held` (the cluster: one logical node over
-    several masters) the new votes join the held list as new batches instead. Only once the store confirms a list do its votes leave "in flight", and
-    `on_landed` runs in that same synchronous step.
+    several masters) the new votes join the held list as new batches instead. Only once
+    the store confirms a list do its votes leave "in flight", and `on_landed` runs in that
+    same synchronous step.
     """
 
     def __init__(
