@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 from app.devtools.local_cluster import LocalCluster
 from app.devtools.local_nodes import free_port
-from app.storage.cluster_store import slot_of
+from app.storage.cluster_store import ClusterRedisStore, slot_of
 from app.storage.defined import counts_key, def_key, voters_key
 from tests.cluster_helpers import (
     AUTH,
@@ -52,6 +53,7 @@ OWN_CLUSTERS = {
     "bulk, master killed": (3, False, 0),
     "master failed": (3, False, 0),
     "held list, master dead": (3, False, 0),
+    "master dead at start": (3, False, 0),
     "master restarted": (3, True, 0),
 }
 OwnCluster = Callable[[str], LocalCluster]
@@ -304,6 +306,49 @@ async def test_while_a_held_list_waits_for_a_dead_master_new_votes_of_the_others
             await service.flusher.flush()
     assert {p: stored(own, p) for p in live} == {p: {"A": 1, "B": 2} for p in live}
     assert {p: stored(own, p) for p in doomed} == {p: {"A": 1} for p in doomed}
+
+
+async def test_a_service_started_while_a_master_is_dead_lands_the_other_masters_votes(
+    own_cluster: OwnCluster, tmp_path: Path
+) -> None:
+    """The held list's promise after a restart: a service (journal on) that starts while a
+    master (no replica) is dead lands the live masters' votes with each flush, and once the
+    master is back, its polls' votes too, each once. (Before: the first flush's check of
+    every master's settings failed on the dead one, so nothing landed until it was back.)"""
+    own = own_cluster("master dead at start")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+            c.config_set("appendfsync", "always")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+    dead.kill()
+    journal = {"journal_dir": str(tmp_path / "journal"), "journal_fsync": "always"}
+    config = settings(own, cache_ttl_seconds=0, redis_timeout_seconds=0.5, **journal)
+    async with app_answering_500s(config) as (client, service):
+        for poll_id in live:  # a new poll's options are registered in its slot: not doomed's
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200, r.text
+        await service.flusher.flush()
+        on_nodes = {p: stored(own, p) for p in live}
+        assert on_nodes == {p: {"A": 1} for p in live}, (on_nodes, service.flusher.down)
+        results = [(await client.get(f"/api/v1/results/{p}")).json()["results"] for p in live]
+        assert results == [{"A": 1}] * len(live)
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        for poll_id in doomed:
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while service.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await service.flusher.flush()
+        assert isinstance(service.store, ClusterRedisStore)
+        assert service.store.unchecked == set()  # checked once it answered, before its part
+    everything = [*live, *doomed]
+    assert {p: stored(own, p) for p in everything} == {p: {"A": 1} for p in everything}
 
 
 async def test_a_master_killed_mid_flush_and_restarted_counts_every_vote_once(
