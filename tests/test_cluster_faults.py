@@ -13,8 +13,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from app.core.nodes import NodeSpec
 from app.devtools.local_cluster import LocalCluster
 from app.devtools.local_nodes import free_port
+from app.services.journal import Journal
+from app.services.polling_service import PollingService
 from app.storage.cluster_store import ClusterRedisStore, slot_of
 from app.storage.defined import counts_key, def_key, voters_key
 from tests.cluster_helpers import (
@@ -39,7 +42,8 @@ from tests.cluster_helpers import (
     stored,
     wait_until,
 )
-from tests.conftest import running_app, settings_for
+from tests.conftest import running_app, service_for, settings_for
+from tests.faults import abandon
 
 __all__ = ["cluster", "cluster_pool", "fresh", "own_cluster"]  # fixtures
 
@@ -54,6 +58,7 @@ OWN_CLUSTERS = {
     "master failed": (3, False, 0),
     "held list, master dead": (3, False, 0),
     "master dead at start": (3, False, 0),
+    "held list, service killed": (3, False, 0),
     "master restarted": (3, True, 0),
 }
 OwnCluster = Callable[[str], LocalCluster]
@@ -349,6 +354,61 @@ async def test_a_service_started_while_a_master_is_dead_lands_the_other_masters_
         assert service.store.unchecked == set()  # checked once it answered, before its part
     everything = [*live, *doomed]
     assert {p: stored(own, p) for p in everything} == {p: {"A": 1} for p in everything}
+
+
+async def test_a_held_list_grown_over_sealed_units_survives_kill_9_and_counts_once(
+    own_cluster: OwnCluster, tmp_path: Path
+) -> None:
+    """kill -9 of a service whose held list (a master dead, no replica) has grown by a
+    second sealed unit, with more votes loose in the journal: the next start recovers both
+    units (their ids kept) and the loose votes, lands the live masters' parts while the
+    master is still dead, and once it is back every vote is stored once."""
+    own = own_cluster("held list, service killed")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+
+    def service() -> PollingService:
+        store = ClusterRedisStore(NodeSpec("cluster", own.url), 0.5, allow_forgetful=True)
+        return service_for(store, journal=Journal(tmp_path, "always"))
+
+    first = service()
+    await first.start()
+    await first.register({p: ["A", "B", "C"] for p in [*doomed, *live]})
+    for poll_id in [*doomed, *live]:
+        first.vote(poll_id, "A")
+    dead.kill()
+    await first.flusher.flush()  # the first unit is sealed; its live parts land
+    for option_id in ("B", "C"):
+        for poll_id in [*doomed, *live]:
+            first.vote(poll_id, option_id)
+        if option_id == "B":
+            await first.flusher.flush()  # a second sealed unit joins the held list
+    await first.journal.commit()  # type: ignore[union-attr]
+    assert {p: stored(own, p) for p in live} == {p: {"A": 1, "B": 1} for p in live}
+    await abandon(first)  # kill -9: two sealed files, and "C" loose in a segment
+    second = service()
+    try:
+        await second.start()  # recovers all of it; its first flush lands the live parts
+        await second.flusher.flush()
+        want = {"A": 1, "B": 1, "C": 1}
+        assert {p: stored(own, p) for p in live} == {p: want for p in live}
+        for poll_id in live:  # reads: stored plus held, each vote once
+            assert (await second.results(poll_id)).results == want
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while second.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await second.flusher.flush()
+    finally:
+        await second.stop()
+    everything = [*live, *doomed]
+    assert {p: stored(own, p) for p in everything} == {p: want for p in everything}
 
 
 async def test_a_master_killed_mid_flush_and_restarted_counts_every_vote_once(
