@@ -59,6 +59,7 @@ OWN_CLUSTERS = {
     "held list, master dead": (3, False, 0),
     "master dead at start": (3, False, 0),
     "held list, service killed": (3, False, 0),
+    "held list, small cap": (3, False, 0),
     "master restarted": (3, True, 0),
 }
 OwnCluster = Callable[[str], LocalCluster]
@@ -310,6 +311,52 @@ async def test_while_a_held_list_waits_for_a_dead_master_new_votes_of_the_others
             assert asyncio.get_running_loop().time() < deadline, "votes still held"
             await service.flusher.flush()
     assert {p: stored(own, p) for p in live} == {p: {"A": 1, "B": 2} for p in live}
+    assert {p: stored(own, p) for p in doomed} == {p: {"A": 1} for p in doomed}
+
+
+async def test_a_held_list_grows_only_to_half_the_backlog_cap_so_votes_stay_accepted(
+    own_cluster: OwnCluster,
+) -> None:
+    """While a master stays dead (no replica), each flush's new batches would add the same
+    (poll, option) pairs to the held list again, filling the backlog cap until every
+    ad-hoc vote answered 503, for polls of every master (found in review: cap 20, 4 live
+    pairs a flush, refused from the 4th flush on; before the list grew, never). The list
+    grows to half the cap; past that new votes merge in the buffer, answered 200."""
+    own = own_cluster("held list, small cap")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+    config = settings(own, cache_ttl_seconds=0, redis_timeout_seconds=0.5)
+    config = config.model_copy(update={"max_pending_pairs_per_node": 20})
+    async with app_answering_500s(config) as (client, service):
+        for poll_id in [*doomed, *live]:
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200
+        dead.kill()
+        await service.flusher.flush()  # held: 6 pairs
+        codes = []
+        for _ in range(8):
+            for poll_id in live:
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+                codes.append(r.status_code)
+            await service.flusher.flush()
+        assert codes == [200] * len(codes)
+        assert service.flusher.held_pairs["cluster"] <= 10
+        on_nodes = {p: stored(own, p) for p in live}
+        assert on_nodes == {p: {"A": 2} for p in live}, on_nodes  # the first flush's landed
+        results = [(await client.get(f"/api/v1/results/{p}")).json()["results"] for p in live]
+        assert results == [{"A": 9}] * len(live)
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while service.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await service.flusher.flush()
+    assert {p: stored(own, p) for p in live} == {p: {"A": 9} for p in live}
     assert {p: stored(own, p) for p in doomed} == {p: {"A": 1} for p in doomed}
 
 
