@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
+from app.core.nodes import NodeSpec
 from app.devtools.local_cluster import LocalCluster
 from app.devtools.local_nodes import free_port
-from app.storage.cluster_store import slot_of
+from app.services.journal import Journal
+from app.services.polling_service import PollingService
+from app.storage.cluster_store import ClusterRedisStore, slot_of
 from app.storage.defined import counts_key, def_key, voters_key
 from tests.cluster_helpers import (
     AUTH,
@@ -38,7 +42,8 @@ from tests.cluster_helpers import (
     stored,
     wait_until,
 )
-from tests.conftest import running_app, settings_for
+from tests.conftest import running_app, service_for, settings_for
+from tests.faults import abandon
 
 __all__ = ["cluster", "cluster_pool", "fresh", "own_cluster"]  # fixtures
 
@@ -51,6 +56,10 @@ OWN_CLUSTERS = {
     "all masters stop": (1, False, 0),
     "bulk, master killed": (3, False, 0),
     "master failed": (3, False, 0),
+    "held list, master dead": (3, False, 0),
+    "master dead at start": (3, False, 0),
+    "held list, service killed": (3, False, 0),
+    "held list, small cap": (3, False, 0),
     "master restarted": (3, True, 0),
 }
 OwnCluster = Callable[[str], LocalCluster]
@@ -260,6 +269,193 @@ async def test_one_master_failed_other_masters_polls_keep_landing_and_health_say
         held = service.flusher.in_flight_votes()
     assert all(a == (200, False, {"A": 2}) for a in answers.values()), answers
     assert held == 0, (held, service.flusher.down)  # the live masters' parts landed
+
+
+async def test_while_a_held_list_waits_for_a_dead_master_new_votes_of_the_others_land(
+    own_cluster: OwnCluster,
+) -> None:
+    """A list whose part for a killed master (no replica) cannot land is held and retried;
+    votes that come meanwhile for the other masters' polls join it as new batches and land
+    with the next flush (before: they waited in the buffer until the dead master came back,
+    for good if it never did). Once the master is back, everything is counted once."""
+    own = own_cluster("held list, master dead")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+            c.config_set("appendfsync", "always")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+    async with app_answering_500s(
+        settings(own, cache_ttl_seconds=0, redis_timeout_seconds=0.5)
+    ) as (client, service):
+        for poll_id in [*doomed, *live]:
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200
+        dead.kill()
+        await service.flusher.flush()  # the dead master's part fails: the list is held
+        assert service.flusher.in_flight_votes() == len(doomed) + len(live)
+        for rounds in range(1, 3):  # new votes for the live masters, a flush each time
+            for poll_id in live:
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "B"})
+                assert r.status_code == 200
+            await service.flusher.flush()
+            on_nodes = {p: stored(own, p) for p in live}
+            assert on_nodes == {p: {"A": 1, "B": rounds} for p in live}, on_nodes
+        assert service.flusher.in_flight_votes() > 0  # still held for the dead master
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while service.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await service.flusher.flush()
+    assert {p: stored(own, p) for p in live} == {p: {"A": 1, "B": 2} for p in live}
+    assert {p: stored(own, p) for p in doomed} == {p: {"A": 1} for p in doomed}
+
+
+async def test_a_held_list_grows_only_to_half_the_backlog_cap_so_votes_stay_accepted(
+    own_cluster: OwnCluster,
+) -> None:
+    """While a master stays dead (no replica), each flush's new batches would add the same
+    (poll, option) pairs to the held list again, filling the backlog cap until every
+    ad-hoc vote answered 503, for polls of every master (found in review: cap 20, 4 live
+    pairs a flush, refused from the 4th flush on; before the list grew, never). The list
+    grows to half the cap; past that new votes merge in the buffer, answered 200."""
+    own = own_cluster("held list, small cap")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+    config = settings(own, cache_ttl_seconds=0, redis_timeout_seconds=0.5)
+    config = config.model_copy(update={"max_pending_pairs_per_node": 20})
+    async with app_answering_500s(config) as (client, service):
+        for poll_id in [*doomed, *live]:
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200
+        dead.kill()
+        await service.flusher.flush()  # held: 6 pairs
+        codes = []
+        for _ in range(8):
+            for poll_id in live:
+                r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+                codes.append(r.status_code)
+            await service.flusher.flush()
+        assert codes == [200] * len(codes)
+        assert service.flusher.held_pairs["cluster"] <= 10
+        on_nodes = {p: stored(own, p) for p in live}
+        assert on_nodes == {p: {"A": 2} for p in live}, on_nodes  # the first flush's landed
+        results = [(await client.get(f"/api/v1/results/{p}")).json()["results"] for p in live]
+        assert results == [{"A": 9}] * len(live)
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while service.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await service.flusher.flush()
+    assert {p: stored(own, p) for p in live} == {p: {"A": 9} for p in live}
+    assert {p: stored(own, p) for p in doomed} == {p: {"A": 1} for p in doomed}
+
+
+async def test_a_service_started_while_a_master_is_dead_lands_the_other_masters_votes(
+    own_cluster: OwnCluster, tmp_path: Path
+) -> None:
+    """The held list's promise after a restart: a service (journal on) that starts while a
+    master (no replica) is dead lands the live masters' votes with each flush, and once the
+    master is back, its polls' votes too, each once. (Before: the first flush's check of
+    every master's settings failed on the dead one, so nothing landed until it was back.)"""
+    own = own_cluster("master dead at start")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+            c.config_set("appendfsync", "always")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+    dead.kill()
+    journal = {"journal_dir": str(tmp_path / "journal"), "journal_fsync": "always"}
+    config = settings(own, cache_ttl_seconds=0, redis_timeout_seconds=0.5, **journal)
+    async with app_answering_500s(config) as (client, service):
+        for poll_id in live:  # a new poll's options are registered in its slot: not doomed's
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200, r.text
+        await service.flusher.flush()
+        on_nodes = {p: stored(own, p) for p in live}
+        assert on_nodes == {p: {"A": 1} for p in live}, (on_nodes, service.flusher.down)
+        results = [(await client.get(f"/api/v1/results/{p}")).json()["results"] for p in live]
+        assert results == [{"A": 1}] * len(live)
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        for poll_id in doomed:
+            r = await client.post(f"/api/v1/vote/{poll_id}", json={"option_id": "A"})
+            assert r.status_code == 200
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while service.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await service.flusher.flush()
+        assert isinstance(service.store, ClusterRedisStore)
+        assert service.store.unchecked == set()  # checked once it answered, before its part
+    everything = [*live, *doomed]
+    assert {p: stored(own, p) for p in everything} == {p: {"A": 1} for p in everything}
+
+
+async def test_a_held_list_grown_over_sealed_units_survives_kill_9_and_counts_once(
+    own_cluster: OwnCluster, tmp_path: Path
+) -> None:
+    """kill -9 of a service whose held list (a master dead, no replica) has grown by a
+    second sealed unit, with more votes loose in the journal: the next start recovers both
+    units (their ids kept) and the loose votes, lands the live masters' parts while the
+    master is still dead, and once it is back every vote is stored once."""
+    own = own_cluster("held list, service killed")
+    by_master = polls_per_master(own, 2)
+    dead = own.nodes[2]
+    for node in own.nodes:
+        with master(node) as c:
+            c.config_set("cluster-require-full-coverage", "no")
+    doomed = by_master[dead.port]
+    live = [p for port, polls in by_master.items() if port != dead.port for p in polls]
+
+    def service() -> PollingService:
+        store = ClusterRedisStore(NodeSpec("cluster", own.url), 0.5, allow_forgetful=True)
+        return service_for(store, journal=Journal(tmp_path, "always"))
+
+    first = service()
+    await first.start()
+    await first.register({p: ["A", "B", "C"] for p in [*doomed, *live]})
+    for poll_id in [*doomed, *live]:
+        first.vote(poll_id, "A")
+    dead.kill()
+    await first.flusher.flush()  # the first unit is sealed; its live parts land
+    for option_id in ("B", "C"):
+        for poll_id in [*doomed, *live]:
+            first.vote(poll_id, option_id)
+        if option_id == "B":
+            await first.flusher.flush()  # a second sealed unit joins the held list
+    await first.journal.commit()  # type: ignore[union-attr]
+    assert {p: stored(own, p) for p in live} == {p: {"A": 1, "B": 1} for p in live}
+    await abandon(first)  # kill -9: two sealed files, and "C" loose in a segment
+    second = service()
+    try:
+        await second.start()  # recovers all of it; its first flush lands the live parts
+        await second.flusher.flush()
+        want = {"A": 1, "B": 1, "C": 1}
+        assert {p: stored(own, p) for p in live} == {p: want for p in live}
+        for poll_id in live:  # reads: stored plus held, each vote once
+            assert (await second.results(poll_id)).results == want
+        await asyncio.to_thread(dead.start)
+        await asyncio.to_thread(own.wait_ok, DEADLINE)
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while second.flusher.has_work():
+            assert asyncio.get_running_loop().time() < deadline, "votes still held"
+            await second.flusher.flush()
+    finally:
+        await second.stop()
+    everything = [*live, *doomed]
+    assert {p: stored(own, p) for p in everything} == {p: want for p in everything}
 
 
 async def test_a_master_killed_mid_flush_and_restarted_counts_every_vote_once(

@@ -211,10 +211,12 @@ async def test_write_through_bulk_with_its_node_down_is_refused_and_holds_nothin
         await client.post("/api/v1/vote/p", json={"option_id": "A"})
         node.kill()
         entries = [{"poll_id": "p", "option_id": "A", "count": 5}]
-        for expected in ("outcome_unknown", "node_unavailable"):
-            # first on the pooled connection (sent, maybe: unknown), then refused to connect
+        # The first goes out on the pooled connection (sent, maybe: unknown), unless the
+        # client already saw the kill close it (never sent: unavailable), which under load
+        # it sometimes has; then the connect is refused (never sent).
+        for expected in (("outcome_unknown", "node_unavailable"), ("node_unavailable",)):
             r = await client.post("/api/v1/votes", json=entries, headers=auth)
-            assert r.status_code == 503 and r.json()["type"] == expected
+            assert r.status_code == 503 and r.json()["type"] in expected, r.text
         assert service.pending_votes() == 0 and not service.flusher.has_work()
 
 

@@ -42,8 +42,11 @@ class Flusher:
     sent only once sealed (on disk with its ids): a seal that fails is retried first on the
     next flush. Until the node confirms the list, the same batches (same ids, same
     contents) are retried on every flush and the node's new votes wait in its buffer; other
-    nodes carry on. Only once the store confirms a list do its votes leave "in flight", and
-    `on_landed` runs in that same synchronous step.
+    nodes carry on. On a store with `extends_held` (the cluster: one logical node over
+    several masters) the new votes join the held list as new batches instead, while it stays
+    within `max_extended_pairs`. Only once
+    the store confirms a list do its votes leave "in flight", and `on_landed` runs in that
+    same synchronous step.
     """
 
     def __init__(
@@ -62,6 +65,11 @@ class Flusher:
         self.flusher_id = flusher_id or uuid.uuid4().hex
         self.in_flight: dict[str, list[Batch]] = {}
         self.held_pairs: dict[str, int] = {}  # node -> (poll, option) pairs in flight
+        # A held list takes new batches (`extends_held`) only while it stays within this:
+        # past it the new votes merge in the buffer, so the backlog cap is not filled by
+        # the same pairs again and again while a master stays dead (the service: half
+        # its cap).
+        self.max_extended_pairs: int | None = None
         self.journal = journal
         # node -> flusher id -> seq of the last batch confirmed (ours, and any recovered)
         self.last_confirmed: dict[str, dict[str, int]] = {}
@@ -158,6 +166,27 @@ class Flusher:
             self._units[node] = [SealUnit(batches, self.journal.detach(node))]
         return batches
 
+    def _take_more(self, node: str) -> list[Batch]:
+        """The held list with the buffer's new votes added as new batches. Only for a store
+        that takes a list part by part (`extends_held`: the cluster, whose masters each run
+        their own parts, skipping by their per-slot marks what already landed): so a dead
+        master holds only its own slots' votes, and new votes for the live masters land
+        with the next flush instead of waiting for the held list."""
+        counts = self.buffers[node].swap()
+        more = self.next_batches(node, counts)
+        batches = chain([*self.in_flight[node], *more])
+        self.in_flight[node] = batches
+        self.held_pairs[node] = sum(b.pairs for b in batches)
+        if self.journal is not None:
+            self._units.setdefault(node, []).append(SealUnit(more, self.journal.detach(node)))
+        return batches
+
+    def _may_extend(self, node: str) -> bool:
+        if not getattr(self.store, "extends_held", False):
+            return False
+        held = self.held_pairs.get(node, 0) + self.buffers[node].pairs
+        return self.max_extended_pairs is None or held <= self.max_extended_pairs
+
     def _carried(self, node: str) -> dict[str, int]:
         """Where a new list's chain starts: on a store whose marks are per node, at the last
         batch the node confirmed, so a node that lost it refuses and says so."""
@@ -239,7 +268,11 @@ class Flusher:
     async def _flush_node(self, node: str) -> tuple[int, int]:
         if node in self.down or node in self.unsealed:
             self.retries[node] = self.retries.get(node, 0) + 1
-        batches = self.in_flight.get(node) or self._take(node)
+        batches = self.in_flight.get(node)
+        if batches and self.buffers[node].votes and self._may_extend(node):
+            batches = self._take_more(node)
+        elif not batches:
+            batches = self._take(node)
         if not batches or not self._sealed(node):
             return 0, 0
         sent = await self._send(node, batches)

@@ -101,6 +101,7 @@ class PollingService:
         self.flusher = Flusher(
             store, self.buffers, batch_interval or 1.0, cache.apply_batch, journal=journal
         )
+        self.flusher.max_extended_pairs = max_pending_pairs_per_node // 2
         self.options = KnownOptions(cache.max_polls)
         self.accepting = False
         # Votes acknowledged since start, by path (the metrics read them; health the sum).

@@ -118,6 +118,10 @@ def mark_key(slot: int, flusher_id: str) -> str:
 class ClusterRedisStore:
     """The `Store` on a Redis Cluster; also the node clients the defined-poll store uses."""
 
+    # A held list may take new batches: each master runs its own parts, and a part that
+    # already landed is skipped by its slot's mark (app/services/flusher.py, `_take_more`).
+    extends_held = True
+
     def __init__(
         self,
         spec: NodeSpec,
@@ -151,6 +155,7 @@ class ClusterRedisStore:
             **options,
         )
         self.confirmed: dict[str, int] = {}  # flusher id -> highest seq confirmed stored
+        self.unchecked: set[str] = set()  # masters that did not answer `check_node` yet
         self.policy = durability or DurabilityPolicy()
         self.pipelines = MasterPipelines(self.cluster, self.policy, self._refresh)
         self._refresh_lock = asyncio.Lock()
@@ -229,10 +234,22 @@ class ClusterRedisStore:
 
     async def check_node(self, node: str) -> None:
         """Every master must run `maxmemory-policy noeviction`, and keep an append-only file
-        or have a replica connected (or ALLOW_NODES_WITHOUT_PERSISTENCE: a warning)."""
+        or have a replica connected (or ALLOW_NODES_WITHOUT_PERSISTENCE: a warning). A
+        master that does not answer is checked once it does (`apply` asks it first), so the
+        others' parts land meanwhile; NodeUnavailable only when no master answers."""
         if not self._primaries():
             await self.call(LABEL, self.cluster.initialize())
-        for master in self._primaries():
+        self.unchecked.clear()
+        silent = await self._check_masters(self._primaries())
+        if silent and len(silent) == len(self._primaries()):
+            raise silent[0]
+
+    async def _check_masters(self, masters: list[ClusterNode]) -> list[NodeUnavailable]:
+        """Check these masters; those that do not answer go to `unchecked` (their errors are
+        returned). Raises NodeMisconfigured for one that answers and fails the check."""
+        silent: list[NodeUnavailable] = []
+        answered = []
+        for master in masters:
             try:
                 reply = await self.call(
                     LABEL, self.cluster.config_get("maxmemory-policy", target_nodes=master)
@@ -240,22 +257,37 @@ class ClusterRedisStore:
             except NodeUnavailable as exc:
                 if isinstance(exc.__cause__, ResponseError):  # CONFIG renamed or not allowed
                     logger.warning("cluster master %s: cannot read its eviction policy", master)
+                    answered.append(master)
                     continue
-                raise
+                self.unchecked.add(master.name)
+                silent.append(exc)
+                continue
             policy = reply.get("maxmemory-policy", "noeviction")
             if policy not in SAFE_EVICTION_POLICIES:
+                self.unchecked.add(master.name)
                 raise NodeMisconfigured(
                     LABEL,
                     self.spec.safe_url,
                     f"master {master.name}: maxmemory-policy is {policy}, which can evict "
                     "counts; set maxmemory-policy noeviction",
                 )
-        await self.learn_durability()
+            answered.append(master)
+        await self.learn_durability(answered)
+        self.unchecked.difference_update(m.name for m in answered)
         self._check_forgetful()
+        return silent
+
+    async def _check_late_masters(self) -> None:
+        """Before a batch: check the masters that did not answer the start-up check, if they
+        answer now (one that still does not fails its own parts, as ever)."""
+        late = [m for m in self._primaries() if m.name in self.unchecked]
+        if late:
+            await self._check_masters(late)
 
     def _check_forgetful(self) -> None:
         """From what `learn_durability` just read; a forgetful master refused, or said once."""
-        reasons = forgetful_masters(self.pipelines.promises, [m.name for m in self._primaries()])
+        names = [m.name for m in self._primaries() if m.name not in self.unchecked]
+        reasons = forgetful_masters(self.pipelines.promises, names)
         if reasons and not self.allow_forgetful:
             raise NodeMisconfigured(LABEL, self.spec.safe_url, reasons[0])
         for reason in reasons:
@@ -308,14 +340,20 @@ class ClusterRedisStore:
         return replies
 
     async def _load_scripts(self) -> None:
+        """On every master that answers: one that does not fails its own commands anyway,
+        and must not keep the scripts from the others."""
         for master in self._primaries():
-            for script in SCRIPTS.values():
-                load = self.cluster.execute_command("SCRIPT", "LOAD", script, target_nodes=master)
-                await self.call(LABEL, load)
+            with contextlib.suppress(NodeUnavailable):
+                for script in SCRIPTS.values():
+                    load = self.cluster.execute_command(
+                        "SCRIPT", "LOAD", script, target_nodes=master
+                    )
+                    await self.call(LABEL, load)
 
     async def apply(self, batches: list[Batch]) -> Applied:
         """Each slot's part chained as cluster_marks.py says; a slot found to have lost
         parts it confirmed raises MarksBehind (even when other parts failed)."""
+        await self._check_late_masters()
         parts = self.chains.parts(batches)
         commands = []
         for p in parts:
@@ -429,9 +467,10 @@ class ClusterRedisStore:
     def describe(self) -> list[tuple[str, str]]:
         return [(LABEL, self.spec.safe_url)]
 
-    async def learn_durability(self) -> None:
-        """Ask every master what it can promise (at start); logs each weaker promise."""
-        for master in self._primaries():
+    async def learn_durability(self, masters: list[ClusterNode] | None = None) -> None:
+        """Ask every master (or these) what it can promise (at start); logs each weaker
+        promise."""
+        for master in self._primaries() if masters is None else masters:
             self.pipelines.promises.pop(master.name, None)  # asked afresh
             with contextlib.suppress(*CLIENT_ERRORS):
                 found = await self.pipelines.promise(master)

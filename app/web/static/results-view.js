@@ -15,10 +15,13 @@ export function el(tag, className, text) {
 
 export const percent = (count, whole) => (whole ? Math.round((100 * count) / whole) : 0);
 
+const FEW_OPTIONS = 6;
+
 function bars(results, poll) {
   const list = el("ol", "bars");
   const options = results.options || [];
   list.style.setProperty("--rows", String(Math.max(options.length, 1)));
+  if (options.length <= FEW_OPTIONS) list.classList.add("few"); // room for two-line labels
   // multiple: each option's share of the people who answered; else of the votes
   const whole = results.type === "multiple" ? results.voters : results.total_votes;
   const correct = results.correct ?? poll?.correct ?? null;
