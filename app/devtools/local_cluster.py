@@ -199,7 +199,16 @@ class LocalCluster:
             dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
             while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
-                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                try:
+                    src.execute_command(
+                        "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                    )
+                except redis.ResponseError as exc:
+                    if "BUSYKEY" not in str(exc):
+                        raise
+                    # Seen once in a full run, not understood yet: name the keys on both.
+                    both = [k for k in keys if dst.execute_command("ASKING") and dst.exists(k)]
+                    raise RuntimeError(f"slot {slot}: keys on both masters: {both}") from exc
                 moved += len(keys)
                 if pause:
                     time.sleep(pause)
