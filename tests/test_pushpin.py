@@ -83,6 +83,12 @@ async def until(
         await asyncio.sleep(0.05)
 
 
+async def all_subscribed(edges: list[LocalPushpin], channel: str, streams: int) -> None:
+    """Until the Pushpins' handlers subscribed `streams` streams to `channel` (their logs)."""
+    subscribed = lambda: sum(e.subscriptions(channel) for e in edges)  # noqa: E731
+    await until(lambda: subscribed() >= streams, "every stream subscribed")
+
+
 async def subscribe(client: httpx.AsyncClient, url: str, got: list[str]) -> None:
     """Read one stream to its end; `got[0]` holds what arrived so far. Pushpin 1.36 answers
     502 to part of a burst of new streams before any event, and has been seen to drop one
@@ -151,8 +157,7 @@ async def test_a_thousand_subscribers_through_pushpin_get_every_state_once_from_
             assert {ids_of(s[0])[0] for s in streams} == {1}  # 0 votes, open, visible
             # A stream's first event is the service's answer; Pushpin subscribes it just
             # after, and only a subscribed stream gets what is published.
-            subscribed = lambda: sum(e.subscriptions(channel) for e in edges)  # noqa: E731
-            await until(lambda: subscribed() >= len(streams), "every stream subscribed")
+            await all_subscribed(edges, channel, len(streams))
 
             async with httpx.AsyncClient(timeout=30) as http:
                 for n in range(1, ROUNDS + 1):
@@ -268,8 +273,7 @@ async def test_when_the_publishing_instance_dies_the_other_takes_over_without_a_
                     await until(lambda: bool(edges[0].receivers(channel)), "publish handled")
                     first[:] = [1, 1] if edges[0].receivers(channel)[0] == 1 else [1]
                     await until(lambda: ids_of(streams[0][0]) == first, "publish delivered")
-            subscribed = lambda: sum(e.subscriptions(channel) for e in edges)  # noqa: E731
-            await until(lambda: subscribed() >= len(streams), "every stream subscribed")
+            await all_subscribed(edges, channel, len(streams))
             services[0].kill()  # the leader, at once, while it holds its lease
             async with httpx.AsyncClient(timeout=30) as http:
                 reply = await http.post(
